@@ -1,0 +1,101 @@
+"""The Celery app: queues, routing, at-least-once delivery settings and the beat schedule.
+
+Import it as ``pipeline.celery_app:app`` (``celery -A pipeline.celery_app worker``). Configuration
+is read lazily from Settings the first time Celery needs it, so tests and the CLI can set the
+environment (or call ``configure``) before anything connects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+from kombu import Exchange, Queue
+
+from pipeline.config import Settings, get_settings
+from pipeline.services import DEFAULT_BROKER_PORT, EmbeddedBroker
+
+QUEUES = ("ingest", "sequence", "workflows", "publish", "aggregate")
+TASK_MODULES = ("tasks.ingest",)
+
+# Worst case a task waits before its broker message is acked: the hard time limit of one run.
+TASK_TIME_LIMIT_S = 300
+# Longest retry backoff; a retried task is re-sent with a countdown, held unacked until due.
+RETRY_BACKOFF_MAX_S = 300
+
+
+def broker_url(settings: Settings) -> str:
+    """CELERY_BROKER_URL, else the embedded broker running under PIPELINE_HOME (or its default)."""
+    if settings.celery_broker_url:
+        return settings.celery_broker_url
+    running = EmbeddedBroker(settings.home).running_url()
+    return running or f"redis://127.0.0.1:{DEFAULT_BROKER_PORT}/0"
+
+
+def build_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for this deployment."""
+    url = broker_url(settings)
+    exchange = Exchange("pipeline", type="direct")
+    return {
+        "broker_url": url,
+        # Chords (fan-in workflows) need a result backend; Redis serves when it is the broker.
+        "result_backend": url if url.startswith(("redis", "rediss")) else "rpc://",
+        "result_expires": 3600,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        # At least once: ack after the task ran, requeue if the worker process dies mid-task,
+        # and reserve one message at a time so a crash strands as little as possible.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": TASK_TIME_LIMIT_S,
+        "task_soft_time_limit": TASK_TIME_LIMIT_S - 30,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": "ingest",
+        "task_queues": [Queue(name, exchange, routing_key=name) for name in QUEUES],
+        "task_default_exchange": "pipeline",
+        "task_default_routing_key": "ingest",
+        "task_routes": {f"tasks.{name}.*": {"queue": name} for name in QUEUES}
+        | {"tasks.ingest.*": {"queue": "ingest"}, "tasks.examples.*": {"queue": "workflows"}},
+        # Redis redelivers a message nobody acked within the visibility timeout. It must exceed the
+        # longest a healthy worker can hold one: a task's hard time limit (300 s) or a retry
+        # countdown (≤ 300 s). 900 s leaves 3x margin; lower it (PIPELINE_VISIBILITY_TIMEOUT_S)
+        # to recover faster from killed workers at the risk of duplicate runs of slow tasks,
+        # which idempotent tasks tolerate.
+        "broker_transport_options": {
+            "visibility_timeout": settings.pipeline_visibility_timeout_s,
+            "queue_order_strategy": "priority",
+        },
+        "result_backend_transport_options": {"visibility_timeout": 900},
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+    }
+
+
+def create_app() -> Celery:
+    """The Celery app, configured lazily from Settings."""
+    celery = Celery("pipeline", include=list(TASK_MODULES))
+    celery.add_defaults(lambda: build_config(get_settings()))
+    return celery
+
+
+def configure(celery: Celery, settings: Settings) -> None:
+    """Apply ``settings`` to an app explicitly (tests, and processes that set URLs late)."""
+    celery.conf.update(build_config(settings))
+
+
+@worker_process_init.connect
+def _fresh_engines_after_fork(**_: Any) -> None:
+    # Pooled connections must not cross a fork: each prefork child opens its own.
+    from pipeline.db import dispose_engines
+
+    dispose_engines()
+
+
+app = create_app()

@@ -1,0 +1,189 @@
+"""The `pipeline` command."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+
+import click
+
+from pipeline.config import Settings, load_settings
+from pipeline.errors import PipelineError
+from pipeline.services import ServiceUrls, export_urls, running_services
+
+logger = logging.getLogger("pipeline")
+
+
+def configure_logging(verbose: bool) -> None:
+    """One log format for every subcommand; third-party chatter stays at WARNING."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("pgserver", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def settings_or_exit() -> Settings:
+    """Settings from the environment, or exit 2 with the one-line reason."""
+    try:
+        return load_settings()
+    except PipelineError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def services(settings: Settings) -> Iterator[ServiceUrls]:
+    """Configured or embedded services, exported to the environment for this process's children."""
+    with running_services(settings) as urls:
+        export_urls(urls)
+        from pipeline.config import get_settings
+
+        get_settings.cache_clear()
+        yield urls
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+@click.version_option(package_name="momento-pipeline")
+def cli(verbose: bool) -> None:
+    """Durable, ordered, observable event processing for Momento Topics."""
+    configure_logging(verbose)
+
+
+@cli.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Migrate the database to REVISION (default: head)."""
+    from pipeline import migrate
+
+    settings = settings_or_exit()
+    with services(settings):
+        migrate.upgrade(load_settings(), revision)
+    click.echo(f"database at {revision}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Migrate the database down to REVISION (e.g. base)."""
+    from pipeline import migrate
+
+    settings = settings_or_exit()
+    with services(settings):
+        migrate.downgrade(load_settings(), revision)
+    click.echo(f"database at {revision}")
+
+
+QUEUES_HELP = "Comma-separated queues to consume (default: all)."
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("-c", "--concurrency", type=int, default=None, help="Worker processes/threads.")
+@click.option(
+    "-P",
+    "--pool",
+    default="prefork",
+    show_default=True,
+    type=click.Choice(["prefork", "threads", "solo", "gevent", "eventlet"]),
+)
+@click.option("-Q", "--queues", default=None, help=QUEUES_HELP)
+@click.option("-n", "--hostname", default=None, help="Worker node name (default celery@HOST).")
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(
+    concurrency: int | None,
+    pool: str,
+    queues: str | None,
+    hostname: str | None,
+    loglevel: str,
+    celery_args: tuple[str, ...],
+) -> None:
+    """Run a Celery worker; extra arguments go to `celery worker` unchanged."""
+    from pipeline.celery_app import QUEUES, app, configure
+
+    settings = settings_or_exit()
+    argv = ["worker", "--loglevel", loglevel, "--pool", pool, "-Q", queues or ",".join(QUEUES)]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    if hostname:
+        argv += ["--hostname", hostname]
+    with services(settings):
+        configure(app, load_settings())
+        app.worker_main([*argv, *celery_args])
+
+
+@cli.command()
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+def beat(loglevel: str) -> None:
+    """Run Celery beat (run exactly one per deployment)."""
+    from pipeline.celery_app import app, configure
+
+    settings = settings_or_exit()
+    with services(settings):
+        configure(app, load_settings())
+        schedule = settings.home / "celerybeat-schedule"
+        settings.home.mkdir(parents=True, exist_ok=True)
+        app.start(["beat", "--loglevel", loglevel, "--schedule", str(schedule)])
+
+
+@cli.command()
+@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option("--concurrency", type=int, default=2, show_default=True, help="Per worker.")
+@click.option("--migrate/--no-migrate", default=True, show_default=True)
+def up(workers: int, concurrency: int, migrate: bool) -> None:
+    """Start the services (embedded when no URLs are set), migrate, and run workers until Ctrl-C."""
+    from pipeline import migrate as migrations
+    from pipeline.supervisor import Supervisor
+
+    settings = settings_or_exit()
+    with services(settings) as urls:
+        if migrate:
+            migrations.upgrade(load_settings())
+        supervisor = Supervisor(os.environ)
+        for index in range(workers):
+            supervisor.python(
+                f"worker-{index + 1}",
+                "worker",
+                "--concurrency",
+                str(concurrency),
+                "--hostname",
+                f"worker{index + 1}@%h",
+            )
+        click.echo(f"database: {urls.database_url}")
+        click.echo(f"broker:   {urls.broker_url}")
+        click.echo(f"workers:  {workers} x {concurrency}   (Ctrl-C stops everything)")
+        status = supervisor.wait()
+    sys.exit(status)
+
+
+def _register_optional_commands() -> None:
+    with contextlib.suppress(ImportError):
+        from pipeline.emulator.command import emulator
+
+        cli.add_command(emulator)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    """Console-script entry point: configuration errors exit 2 with one clear line."""
+    try:
+        cli(standalone_mode=True)
+    except PipelineError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Batch persistence of inbound events: one idempotent INSERT per batch, poison to dead letters."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.orm import Session
+
+from pipeline.errors import MalformedBody
+from pipeline.events import parse_webhook, subscription_key, webhook_key
+from pipeline.models import DeadLetter, Event, EventSource
+
+logger = logging.getLogger(__name__)
+
+# One receiver batch as it travels through the broker: [raw body, received at (epoch ms)].
+RawItem = Sequence[Any]
+
+
+@dataclass
+class StoreResult:
+    """What one batch did: new rows, duplicates ignored, poison set aside."""
+
+    new_ids: list[int] = field(default_factory=list)
+    topics: set[tuple[str, str]] = field(default_factory=set)
+    duplicates: int = 0
+    dead: int = 0
+
+
+def _ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def webhook_rows(items: Sequence[RawItem]) -> tuple[list[dict[str, Any]], list[tuple[Any, str]]]:
+    """Turn raw webhook items into event rows; return (rows, [(item, reason)] for poison)."""
+    rows: list[dict[str, Any]] = []
+    poison: list[tuple[Any, str]] = []
+    for item in items:
+        try:
+            raw, received_ms = item[0], int(item[1])
+            event = parse_webhook(raw)
+        except (MalformedBody, TypeError, ValueError, IndexError) as exc:
+            poison.append((item, str(exc)))
+            continue
+        rows.append(
+            {
+                "cache": event.cache,
+                "topic": event.topic,
+                "topic_sequence_number": event.topic_sequence_number,
+                "sequence_page": None,
+                "event_timestamp": event.event_timestamp,
+                "publish_timestamp": event.publish_timestamp,
+                "token_id": event.token_id,
+                "text": event.text,
+                "raw_body": raw,
+                "received_at": _ms_to_datetime(received_ms),
+                "source": EventSource.WEBHOOK,
+                "idempotency_key": webhook_key(event),
+            }
+        )
+    return rows, poison
+
+
+def subscription_row(
+    cache: str, topic: str, sequence_number: int, page: int, text: str, received_ms: int
+) -> dict[str, Any]:
+    """An event row for an item read from a topic subscription (no timestamps from Momento)."""
+    return {
+        "cache": cache,
+        "topic": topic,
+        "topic_sequence_number": sequence_number,
+        "sequence_page": page,
+        "event_timestamp": received_ms,
+        "publish_timestamp": None,
+        "token_id": "",
+        "text": text,
+        "raw_body": None,
+        "received_at": _ms_to_datetime(received_ms),
+        "source": EventSource.SUBSCRIPTION,
+        "idempotency_key": subscription_key(page, sequence_number),
+    }
+
+
+def insert_events(session: Session, rows: list[dict[str, Any]], result: StoreResult) -> None:
+    """INSERT … ON CONFLICT DO NOTHING; rows already stored count as duplicates."""
+    if not rows:
+        return
+    stmt = (
+        pg_insert(Event)
+        .values(rows)
+        .on_conflict_do_nothing(constraint="uq_events_cache_topic_idempotency_key")
+        .returning(Event.id, Event.cache, Event.topic)
+    )
+    inserted = session.execute(stmt).all()
+    result.new_ids.extend(row.id for row in inserted)
+    result.topics.update((row.cache, row.topic) for row in inserted)
+    result.duplicates += len(rows) - len(inserted)
+
+
+def dead_letter(session: Session, kind: str, reason: str, payload: dict[str, Any]) -> None:
+    """Keep input that no retry can fix, with the reason."""
+    session.execute(insert(DeadLetter).values(kind=kind, reason=reason[:2000], payload=payload))
+
+
+def store_rows(session: Session, rows: list[dict[str, Any]], result: StoreResult) -> None:
+    """Insert rows as one statement; if the batch holds a row Postgres refuses, isolate it.
+
+    A refused row (a value no validation foresaw) would fail the whole batch on every retry, so
+    the batch is retried row by row in savepoints and only the refused rows are dead-lettered.
+    """
+    try:
+        with session.begin_nested():
+            insert_events(session, rows, result)
+        return
+    except (DataError, IntegrityError) as exc:
+        logger.warning("batch refused, isolating rows count=%d error=%s", len(rows), exc.orig)
+    for row in rows:
+        try:
+            with session.begin_nested():
+                insert_events(session, [row], result)
+        except (DataError, IntegrityError) as exc:
+            payload = {k: v for k, v in row.items() if k in ("cache", "topic", "raw_body")}
+            dead_letter(session, "ingest", str(exc.orig), payload)
+            result.dead += 1
+
+
+def store_webhook_batch(session: Session, items: Sequence[RawItem]) -> StoreResult:
+    """Store a receiver batch exactly once in effect; returns what was new."""
+    result = StoreResult()
+    rows, poison = webhook_rows(items)
+    for item, reason in poison:
+        dead_letter(
+            session,
+            "ingest",
+            reason,
+            {"item": list(item) if isinstance(item, list) else repr(item)},
+        )
+        result.dead += 1
+    store_rows(session, rows, result)
+    return result

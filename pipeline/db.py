@@ -26,13 +26,13 @@ def database_url(settings: Settings) -> str:
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
         return url
-    url = EmbeddedPostgres(settings.home).running_url()
-    if url is None:
+    running = EmbeddedPostgres(settings.home).running_url()
+    if running is None:
         raise ConfigError(
             "DATABASE_URL is unset and no embedded Postgres is running under "
             f"{settings.home}; set DATABASE_URL or start one with `pipeline up`"
         )
-    return url
+    return running
 
 
 def get_engine(settings: Settings | None = None) -> Engine:

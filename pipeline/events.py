@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from pipeline.errors import MalformedBody
 
@@ -26,10 +25,6 @@ class WebhookEvent:
     text: str
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def parse_webhook(body: bytes | str) -> WebhookEvent:
     """Decode and validate a webhook body, or raise MalformedBody naming the bad field."""
     try:
@@ -44,7 +39,7 @@ def parse_webhook(body: bytes | str) -> WebhookEvent:
             raise MalformedBody(f"field {name!r} must be a non-empty string of at most 255 chars")
     for name in _INT_FIELDS:
         value = data.get(name)
-        if not _is_int(value) or not 0 <= value < 2**63:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
             raise MalformedBody(f"field {name!r} must be a non-negative integer, got {value!r}")
     token_id = data.get("token_id", "")
     if not isinstance(token_id, str) or len(token_id) > MAX_NAME_LEN:

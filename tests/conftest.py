@@ -1,0 +1,191 @@
+"""Session fixtures: real Postgres, real broker, real Celery workers.
+
+``DATABASE_URL`` / ``CELERY_BROKER_URL`` point the tests at servers you run; unset, the tests
+start embedded ones (pipeline.services) in a temporary directory. Nothing is mocked and nothing is
+skipped: if a server cannot start, the tests fail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from pipeline import migrate
+from pipeline.config import Settings, get_settings
+from pipeline.services import EmbeddedBroker, EmbeddedPostgres
+
+TEST_SECRET = "test-secret-0123456789"
+
+
+@pytest.fixture(scope="session")
+def pipeline_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private PIPELINE_HOME for this test session."""
+    return tmp_path_factory.mktemp("pipeline-home")
+
+
+@pytest.fixture(scope="session")
+def postgres_url(pipeline_home: Path) -> Iterator[str]:
+    """A migrated Postgres: DATABASE_URL if set, else an embedded one."""
+    url = os.environ.get("DATABASE_URL")
+    server = None
+    if not url:
+        server = EmbeddedPostgres(pipeline_home)
+        url = server.start()
+    migrate.upgrade(Settings(database_url=url, pipeline_home=pipeline_home))
+    yield url
+    from pipeline.db import dispose_engines
+
+    dispose_engines()
+    if server is not None:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(pipeline_home: Path) -> Iterator[str]:
+    """A Redis-protocol broker: CELERY_BROKER_URL if set, else an embedded Valkey."""
+    url = os.environ.get("CELERY_BROKER_URL")
+    if url:
+        yield url
+        return
+    broker = EmbeddedBroker(pipeline_home, port=0)
+    yield broker.start()
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(postgres_url: str, redis_url: str, pipeline_home: Path) -> Iterator[Settings]:
+    """Settings for the session, also exported to the environment for subprocesses."""
+    env = {
+        "DATABASE_URL": postgres_url,
+        "CELERY_BROKER_URL": redis_url,
+        "PIPELINE_HOME": str(pipeline_home),
+        "PIPELINE_WEBHOOK_SECRETS": TEST_SECRET,
+        "PIPELINE_VISIBILITY_TIMEOUT_S": "10",
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    from pipeline.celery_app import app, configure
+
+    configure(app, get_settings())
+    yield get_settings()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def db(settings: Settings) -> Settings:
+    """Empty tables before each test that uses the database."""
+    from pipeline.db import get_engine
+    from pipeline.models import Base
+
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with get_engine(settings).begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    flush_broker(settings)
+    return settings
+
+
+def flush_broker(settings: Settings) -> None:
+    """Drop every queued message, so no test sees another's leftovers."""
+    import redis
+
+    assert settings.celery_broker_url
+    client = redis.Redis.from_url(settings.celery_broker_url)
+    client.flushdb()
+    client.close()
+
+
+def count_rows(settings: Settings, sql: str) -> int:
+    """Run a COUNT query against the test database."""
+    from pipeline.db import get_engine
+
+    with get_engine(settings).connect() as conn:
+        return int(conn.execute(text(sql)).scalar_one())
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> bool:
+    """Poll ``predicate`` until true or the timeout; return its last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
+
+
+class WorkerProcess:
+    """`pipeline worker` in a subprocess: a real Celery worker, as deployments run it."""
+
+    def __init__(self, name: str, *args: str) -> None:
+        self.name = name
+        self.args = args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, settings: Settings, timeout_s: float = 30.0) -> WorkerProcess:
+        """Start the worker and wait until it answers a broadcast ping."""
+        from pipeline.celery_app import app
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "worker", "-n", f"{self.name}@%h", *self.args],
+            env=dict(os.environ),
+            start_new_session=True,
+        )
+        hostname = None
+
+        def ready() -> bool:
+            nonlocal hostname
+            assert self.process is not None
+            assert self.process.poll() is None, f"worker exited with {self.process.returncode}"
+            replies = app.control.ping(timeout=0.5) or []
+            names = [name for reply in replies for name in reply]
+            hostname = next((n for n in names if n.startswith(f"{self.name}@")), None)
+            return hostname is not None
+
+        assert wait_for(ready, timeout_s, 0.2), f"worker {self.name} did not come up"
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children)."""
+        import signal
+
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Warm shutdown; kill if it hangs."""
+        import signal
+
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def worker_factory(settings: Settings) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start `pipeline worker` subprocesses; all are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(name: str = "w1", *args: str) -> WorkerProcess:
+        worker = WorkerProcess(name, *args).start(settings)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

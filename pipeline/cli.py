@@ -137,6 +137,34 @@ def beat(loglevel: str) -> None:
 
 
 @cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="Receiver processes.")
+def receiver(host: str, port: int, workers: int) -> None:
+    """Run the webhook receiver (POST /webhooks/momento, /healthz, /readyz, /metrics)."""
+    import uvicorn
+
+    settings = settings_or_exit()
+    if not settings.pipeline_webhook_secrets:
+        raise click.UsageError(
+            "PIPELINE_WEBHOOK_SECRETS is empty: the receiver would reject every webhook"
+        )
+    with services(settings):
+        uvicorn.run(
+            "pipeline.receiver:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+
+
+@cli.command()
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes.")
 @click.option("--concurrency", type=int, default=2, show_default=True, help="Per worker.")
 @click.option("--migrate/--no-migrate", default=True, show_default=True)

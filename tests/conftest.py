@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -189,3 +190,89 @@ def worker_factory(settings: Settings) -> Iterator[Callable[..., WorkerProcess]]
     yield start
     for worker in started:
         worker.stop()
+
+
+class ReceiverServer:
+    """The real receiver app under uvicorn in a background thread, on a free port."""
+
+    def __init__(self, app: object) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            loop="asyncio",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level="warning",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread: threading.Thread | None = None
+
+    def start(self, timeout_s: float = 10.0) -> ReceiverServer:
+        """Serve until stop(); return once listening."""
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        assert wait_for(lambda: self.server.started, timeout_s, 0.02), "receiver did not start"
+        return self
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. http://127.0.0.1:PORT."""
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        """Graceful shutdown (flushes the group-commit batcher)."""
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(15)
+
+
+@pytest.fixture
+def receiver_factory(settings: Settings) -> Iterator[Callable[..., ReceiverServer]]:
+    """Start receivers built by pipeline.receiver.create_app; stopped after the test."""
+    from pipeline.receiver import create_app
+
+    started: list[ReceiverServer] = []
+
+    def start(app_settings: Settings | None = None, **kwargs: object) -> ReceiverServer:
+        server = ReceiverServer(create_app(app_settings or settings, **kwargs)).start()  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def signed_webhook(
+    seq: int,
+    *,
+    cache: str = "chat",
+    topic: str = "room-1",
+    text_value: str | None = None,
+    secret: str = TEST_SECRET,
+    publish_ms: int | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """A Momento webhook body and its headers, signed like Momento signs them."""
+    import json
+
+    from pipeline.signing import sign
+
+    now = int(time.time() * 1000) if publish_ms is None else publish_ms
+    body = json.dumps(
+        {
+            "cache": cache,
+            "topic": topic,
+            "event_timestamp": now - 3,
+            "publish_timestamp": now,
+            "topic_sequence_number": seq,
+            "token_id": "",
+            "text": f"message {seq}" if text_value is None else text_value,
+        }
+    ).encode()
+    headers = {"content-type": "application/json", "momento-signature": sign(body, secret)}
+    return body, headers

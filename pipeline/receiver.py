@@ -1,0 +1,298 @@
+"""The webhook receiver: verify, reject, group-commit into the broker, ack.
+
+``POST /webhooks/momento`` is served by a plain ASGI handler (it is the hot path: a framework's
+request/response objects cost more than the rest of the request). The other routes are a small
+Starlette app: ``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from pipeline import metrics
+from pipeline.batcher import BrokerUnavailable, GroupCommitter, Overloaded, SendBatch
+from pipeline.config import Settings
+from pipeline.errors import (
+    BodyTooLarge,
+    MalformedBody,
+    RejectedWebhook,
+    StaleEvent,
+    UnsupportedMediaType,
+)
+from pipeline.events import parse_webhook
+from pipeline.signing import SIGNATURE_HEADER, verify_signature
+
+logger = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/webhooks/momento"
+RETRY_AFTER_S = "1"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ReadyCheck = Callable[[], None]
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SIGNATURE = SIGNATURE_HEADER.encode()
+
+
+def celery_sender(settings: Settings) -> SendBatch:
+    """Send a batch as one `store_webhooks` message; fail fast if the broker is down."""
+    from pipeline.celery_app import configure, create_app
+
+    # The receiver's own Celery app: its broker settings (fail fast) are not the workers'.
+    app = create_app()
+    configure(app, settings)
+    app.conf.broker_connection_timeout = 1.0
+    policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+    def send(items: Sequence[Any]) -> None:
+        app.send_task(
+            "tasks.ingest.store_webhooks",
+            args=[list(items)],
+            queue="ingest",
+            retry=True,
+            retry_policy=policy,
+        )
+
+    return send
+
+
+def default_ready_checks(settings: Settings) -> dict[str, ReadyCheck]:
+    """Broker and database reachability, as /readyz reports them."""
+    from kombu import Connection
+
+    from pipeline import db
+    from pipeline.celery_app import broker_url
+
+    def broker() -> None:
+        with Connection(broker_url(settings), connect_timeout=1) as conn:
+            conn.ensure_connection(max_retries=1, timeout=1)
+
+    return {"broker": broker, "database": lambda: db.ping(settings)}
+
+
+class WebhookReceiver:
+    """ASGI app for the receiver; build it with ``create_app``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        send_batch: SendBatch,
+        ready_checks: dict[str, ReadyCheck],
+    ) -> None:
+        self.settings = settings
+        self.secrets = list(settings.pipeline_webhook_secrets)
+        self.max_body = settings.pipeline_max_body_bytes
+        self.window_ms = settings.pipeline_replay_window_s * 1000
+        self.skew_ms = settings.pipeline_future_skew_s * 1000
+        self.batcher = GroupCommitter(
+            send_batch,
+            max_batch=settings.pipeline_batch_max_events,
+            wait_s=settings.pipeline_batch_wait_ms / 1000,
+            max_pending=settings.pipeline_max_pending_events,
+            timeout_s=settings.pipeline_enqueue_timeout_s,
+        )
+        self.ready_checks = ready_checks
+        self.routes = Starlette(
+            routes=[
+                Route("/healthz", self.healthz),
+                Route("/readyz", self.readyz),
+                Route("/metrics", self.metrics),
+                Route("/openapi.json", self.openapi),
+            ],
+            exception_handlers={HTTPException: self.http_error},
+            lifespan=self.lifespan,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == WEBHOOK_PATH:
+            await self.webhook(scope, receive, send)
+        else:
+            await self.routes(scope, receive, send)
+
+    @asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        await self.batcher.start()
+        logger.info("receiver ready secrets=%d path=%s", len(self.secrets), WEBHOOK_PATH)
+        yield
+        await self.batcher.stop()
+
+    async def webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Verify, validate and group-commit one Momento webhook."""
+        if scope["method"] != "POST":
+            await _respond(
+                send,
+                405,
+                {"error": "method_not_allowed", "detail": "use POST"},
+                [(b"allow", b"POST")],
+            )
+            return
+        received_ms = int(time.time() * 1000)
+        try:
+            body = await self.read_checked(scope, receive)
+            if body is None:
+                return  # client went away
+            await self.batcher.submit([body.decode("utf-8"), received_ms])
+        except RejectedWebhook as exc:
+            metrics.WEBHOOK_REQUESTS.labels("rejected", exc.code).inc()
+            await _respond(send, exc.status_code, {"error": exc.code, "detail": exc.detail})
+            return
+        except (Overloaded, BrokerUnavailable) as exc:
+            reason = "overloaded" if isinstance(exc, Overloaded) else "broker_unavailable"
+            metrics.WEBHOOK_REQUESTS.labels("unavailable", reason).inc()
+            await _respond(
+                send,
+                503,
+                {"error": reason, "detail": str(exc)},
+                [(b"retry-after", RETRY_AFTER_S.encode())],
+            )
+            return
+        metrics.WEBHOOK_REQUESTS.labels("accepted", "").inc()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def read_checked(self, scope: Scope, receive: Receive) -> bytes | None:
+        """Read the body within the size limit and run every check; raise RejectedWebhook."""
+        content_type = signature = None
+        declared = 0
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value
+            elif name == _SIGNATURE:
+                signature = value.decode("latin-1")
+            elif name == b"content-length" and value.isdigit():
+                declared = int(value)
+        if content_type is None or not content_type.split(b";")[0].strip().lower().endswith(
+            b"json"
+        ):
+            raise UnsupportedMediaType(
+                f"content-type must be application/json, got {content_type!r}"
+            )
+        if declared > self.max_body:
+            raise BodyTooLarge(f"body of {declared} bytes exceeds the limit of {self.max_body}")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise BodyTooLarge(f"body exceeds the limit of {self.max_body} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        verify_signature(body, signature, self.secrets)
+        try:
+            event = parse_webhook(body.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise MalformedBody(f"body is not UTF-8: {exc}") from exc
+        now_ms = time.time() * 1000
+        age_ms = now_ms - event.publish_timestamp
+        if age_ms > self.window_ms:
+            raise StaleEvent(
+                f"publish_timestamp is {age_ms / 1000:.1f} s old; the replay window is "
+                f"{self.window_ms / 1000:g} s"
+            )
+        if -age_ms > self.skew_ms:
+            raise StaleEvent(f"publish_timestamp is {-age_ms / 1000:.1f} s in the future")
+        return body
+
+    async def healthz(self, _request: Request) -> Response:
+        """The process is up."""
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, _request: Request) -> Response:
+        """Broker and database reachable: 200, else 503 naming what failed."""
+        results = await asyncio.gather(
+            *(self._check(name, check) for name, check in self.ready_checks.items())
+        )
+        report = dict(results)
+        ok = all(value == "ok" for value in report.values())
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": report}, 200 if ok else 503
+        )
+
+    async def _check(self, name: str, check: ReadyCheck) -> tuple[str, str]:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(check), 3.0)
+        except Exception as exc:
+            return name, f"error: {type(exc).__name__}: {exc}"[:300]
+        return name, "ok"
+
+    async def metrics(self, _request: Request) -> Response:
+        """Prometheus text exposition."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(self, _request: Request) -> Response:
+        """The OpenAPI document of the receiver (pipeline/openapi.json)."""
+        return Response(OPENAPI_JSON, media_type="application/json")
+
+    async def http_error(self, _request: Request, exc: Exception) -> Response:
+        """Unknown routes and wrong methods answer JSON like every other error."""
+        assert isinstance(exc, HTTPException)
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code, "detail": exc.detail}, exc.status_code)
+
+
+OPENAPI_JSON = resources.files("pipeline").joinpath("openapi.json").read_bytes()
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    payload: dict[str, str],
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                *_JSON_HEADERS,
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(
+    settings: Settings,
+    send_batch: SendBatch | None = None,
+    ready_checks: dict[str, ReadyCheck] | None = None,
+) -> WebhookReceiver:
+    """Build the receiver for ``settings`` (by default enqueueing through Celery)."""
+    return WebhookReceiver(
+        settings,
+        send_batch or celery_sender(settings),
+        ready_checks if ready_checks is not None else default_ready_checks(settings),
+    )
+
+
+def app_from_env() -> WebhookReceiver:
+    """Factory for ``uvicorn --factory pipeline.receiver:app_from_env`` (Settings from the env)."""
+    from pipeline.config import get_settings
+
+    return create_app(get_settings())

@@ -1,0 +1,177 @@
+"""The emulator's admin HTTP API (JSON): webhooks, faults, caches, forced resets, stats.
+
+Momento managed webhooks through its control plane; no Python SDK can call that, so the emulator
+offers this small API instead. It binds the emulator's host (127.0.0.1 by default) and returns
+signing secrets, like Momento's putWebhook/getWebhookSecret, so keep it on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from pipeline.emulator.faults import FaultSpec
+
+if TYPE_CHECKING:
+    from pipeline.emulator.server import EmulatorServer
+
+logger = logging.getLogger(__name__)
+
+
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        data = json.loads(await request.body() or b"{}")
+    except ValueError as exc:
+        raise ValueError(f"body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError("body must be a JSON object")
+    return data
+
+
+def create_admin_app(emulator: EmulatorServer) -> Starlette:
+    """The Starlette app serving the admin API of ``emulator``."""
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": True, "grpc": emulator.address})
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(emulator.stats())
+
+    async def list_webhooks(request: Request) -> Response:
+        return JSONResponse([hook.public() for hook in emulator.list_webhooks()])
+
+    async def put_webhook(request: Request) -> Response:
+        cache, topic = request.path_params["cache"], request.path_params["topic"]
+        try:
+            data = await _json_object(request)
+            url = data.get("url")
+            secret = data.get("secret")
+            if not isinstance(url, str) or not (secret is None or isinstance(secret, str)):
+                raise ValueError("url must be a string and secret a string or absent")
+            secret = emulator.register_webhook(cache, topic, url, secret)
+        except ValueError as exc:
+            return _error(400, "invalid_webhook", str(exc))
+        return JSONResponse({"cache": cache, "topic": topic, "url": url, "secret": secret})
+
+    async def get_secret(request: Request) -> Response:
+        cache, topic = request.path_params["cache"], request.path_params["topic"]
+        hook = emulator.webhooks.get(cache, topic)
+        if hook is None:
+            return _error(404, "webhook_not_found", f"no webhook for {cache}/{topic}")
+        return JSONResponse({"cache": cache, "topic": topic, "secret": hook.secret})
+
+    async def rotate_secret(request: Request) -> Response:
+        cache, topic = request.path_params["cache"], request.path_params["topic"]
+        try:
+            secret = emulator.rotate_webhook_secret(cache, topic)
+        except KeyError:
+            return _error(404, "webhook_not_found", f"no webhook for {cache}/{topic}")
+        return JSONResponse({"cache": cache, "topic": topic, "secret": secret})
+
+    async def delete_webhook(request: Request) -> Response:
+        cache, topic = request.path_params["cache"], request.path_params["topic"]
+        if not emulator.delete_webhook(cache, topic):
+            return _error(404, "webhook_not_found", f"no webhook for {cache}/{topic}")
+        return Response(status_code=204)
+
+    async def list_faults(request: Request) -> Response:
+        specs = emulator.faults.specs()
+        return JSONResponse([{"cache": c, "topic": t, **s.to_dict()} for c, t, s in specs])
+
+    async def put_faults(request: Request) -> Response:
+        cache, topic = request.path_params["cache"], request.path_params["topic"]
+        try:
+            spec = emulator.set_faults(
+                cache, topic, FaultSpec.from_mapping(await _json_object(request))
+            )
+        except (ValueError, TypeError) as exc:
+            return _error(400, "invalid_faults", str(exc))
+        return JSONResponse({"cache": cache, "topic": topic, **spec.to_dict()})
+
+    async def delete_faults(request: Request) -> Response:
+        if "cache" not in request.path_params:
+            emulator.clear_faults()
+            return Response(status_code=204)
+        cache, topic = request.path_params["cache"], request.path_params["topic"]
+        if not emulator.faults.clear(cache, topic):
+            return _error(404, "faults_not_found", f"no faults for {cache}/{topic}")
+        return Response(status_code=204)
+
+    async def create_cache(request: Request) -> Response:
+        cache = request.path_params["cache"]
+        if not emulator.create_cache(cache):
+            return _error(409, "cache_exists", f"cache {cache} already exists")
+        return JSONResponse({"cache": cache}, status_code=201)
+
+    async def reset_topic(request: Request) -> Response:
+        cache, topic = request.path_params["cache"], request.path_params["topic"]
+        try:
+            page = emulator.reset_topic(cache, topic)
+        except LookupError:
+            return _error(404, "cache_not_found", f"no cache {cache}")
+        return JSONResponse({"cache": cache, "topic": topic, "sequence_page": page})
+
+    hook = "/webhooks/{cache}/{topic}"
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/stats", stats),
+            Route("/webhooks", list_webhooks),
+            Route(hook, put_webhook, methods=["PUT"]),
+            Route(hook, delete_webhook, methods=["DELETE"]),
+            Route(hook + "/secret", get_secret),
+            Route(hook + "/rotate-secret", rotate_secret, methods=["POST"]),
+            Route("/faults", list_faults),
+            Route("/faults", delete_faults, methods=["DELETE"]),
+            Route("/faults/{cache}/{topic}", put_faults, methods=["PUT"]),
+            Route("/faults/{cache}/{topic}", delete_faults, methods=["DELETE"]),
+            Route("/caches/{cache}", create_cache, methods=["POST"]),
+            Route("/topics/{cache}/{topic}/reset", reset_topic, methods=["POST"]),
+        ]
+    )
+
+
+class AdminServer:
+    """Serves the admin app with uvicorn as a task on the emulator's event loop."""
+
+    def __init__(self, emulator: EmulatorServer) -> None:
+        self._app = create_admin_app(emulator)
+        self._server: uvicorn.Server | None = None
+        self._task: Any = None
+
+    async def start(self, host: str, port: int) -> int:
+        """Bind (port 0 picks one), start serving and return the bound port."""
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+        config = uvicorn.Config(self._app, log_level="warning", lifespan="off", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+        bound: int = sock.getsockname()[1]
+        return bound
+
+    async def stop(self) -> None:
+        """Stop accepting and finish open requests."""
+        if self._server is None:
+            return
+        self._server.should_exit = True
+        await self._task

@@ -1,0 +1,204 @@
+"""Webhook delivery as Momento did it: one POST per message, 5 s timeout, never retried.
+
+Deliveries run concurrently on the emulator's event loop, so their order is not promised (as with
+Momento). Faults (drop, delay, duplicate, reorder) are applied here before the POST; the body's
+``publish_timestamp`` is taken when the POST is actually made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import httpx
+
+from pipeline.emulator.faults import FaultPlan, FaultRegistry
+from pipeline.emulator.loop import BackgroundLoop
+from pipeline.emulator.webhooks import WebhookRegistry, build_body, headers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message to POST to the webhook of (cache, topic)."""
+
+    cache: str
+    topic: str
+    sequence_number: int
+    event_timestamp_ms: int
+    text: str
+
+
+@dataclass
+class DeliveryStats:
+    """Counters of one webhook's deliveries."""
+
+    attempted: int = 0
+    delivered: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    dropped: int = 0
+    duplicated: int = 0
+    overloaded: int = 0
+
+
+class Dispatcher:
+    """Schedules and sends webhook POSTs on a BackgroundLoop; ``submit`` is thread-safe."""
+
+    def __init__(
+        self,
+        loop: BackgroundLoop,
+        registry: WebhookRegistry,
+        faults: FaultRegistry[Delivery],
+        *,
+        timeout_s: float = 5.0,
+        max_pending: int = 10_000,
+        reorder_flush_s: float = 1.0,
+    ) -> None:
+        self._loop = loop
+        self._registry = registry
+        self._faults = faults
+        self._timeout_s = timeout_s
+        self._max_pending = max_pending
+        self._reorder_flush_s = reorder_flush_s
+        self._pending = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._flush_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._stats: defaultdict[tuple[str, str], DeliveryStats] = defaultdict(DeliveryStats)
+        self._client: httpx.AsyncClient | None = None
+
+    async def open(self) -> None:
+        """Create the HTTP client (must run on the loop)."""
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        self._client = httpx.AsyncClient(timeout=self._timeout_s, limits=limits)
+
+    async def aclose(self) -> None:
+        """Abandon what is in flight and close the HTTP client (must run on the loop)."""
+        for timer in self._flush_timers.values():
+            timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    def submit(self, delivery: Delivery) -> None:
+        """Hand a published message to the loop (called from gRPC threads)."""
+        self._loop.call_soon(self._accept, delivery)
+
+    def stats(self, cache: str, topic: str) -> DeliveryStats:
+        """A snapshot of the counters of (cache, topic)."""
+        return dataclasses.replace(self._stats[(cache, topic)])
+
+    def all_stats(self) -> dict[tuple[str, str], DeliveryStats]:
+        """Snapshots of every webhook's counters."""
+        return {key: dataclasses.replace(value) for key, value in list(self._stats.items())}
+
+    def _accept(self, delivery: Delivery) -> None:
+        plan = self._faults.plan(delivery.cache, delivery.topic)
+        if plan is None:
+            self._schedule(delivery, 1, 0.0)
+            return
+        for item in plan.reorder(delivery):
+            self._decide(plan, item)
+        self._arm_flush(plan, delivery)
+
+    def _decide(self, plan: FaultPlan[Delivery], delivery: Delivery) -> None:
+        decision = plan.decide()
+        stats = self._stats[(delivery.cache, delivery.topic)]
+        if decision.copies == 0:
+            stats.dropped += 1
+            return
+        if decision.copies > 1:
+            stats.duplicated += decision.copies - 1
+        self._schedule(delivery, decision.copies, decision.delay_s)
+
+    def _arm_flush(self, plan: FaultPlan[Delivery], delivery: Delivery) -> None:
+        key = (delivery.cache, delivery.topic)
+        timer = self._flush_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if plan.holding:
+            self._flush_timers[key] = self._loop.loop.call_later(
+                self._reorder_flush_s, self._flush, plan, key
+            )
+
+    def _flush(self, plan: FaultPlan[Delivery], key: tuple[str, str]) -> None:
+        self._flush_timers.pop(key, None)
+        for item in plan.drain():
+            self._decide(plan, item)
+
+    def _schedule(self, delivery: Delivery, copies: int, delay_s: float) -> None:
+        for _ in range(copies):
+            if self._pending >= self._max_pending:
+                self._stats[(delivery.cache, delivery.topic)].overloaded += 1
+                continue
+            self._pending += 1
+            task = self._loop.loop.create_task(self._send(delivery, delay_s))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, delivery: Delivery, delay_s: float) -> None:
+        try:
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            await self._post(delivery)
+        finally:
+            self._pending -= 1
+
+    async def _post(self, delivery: Delivery) -> None:
+        hook = self._registry.get(delivery.cache, delivery.topic)
+        if hook is None or self._client is None:
+            return
+        body = build_body(
+            cache=delivery.cache,
+            topic=delivery.topic,
+            event_timestamp_ms=delivery.event_timestamp_ms,
+            publish_timestamp_ms=time.time_ns() // 1_000_000,
+            sequence_number=delivery.sequence_number,
+            text=delivery.text,
+        )
+        stats = self._stats[(delivery.cache, delivery.topic)]
+        stats.attempted += 1
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._client.post(
+                    hook.url, content=body, headers=headers(body, hook.secret)
+                )
+        except (TimeoutError, httpx.TimeoutException):
+            stats.timed_out += 1
+            logger.warning(
+                "webhook timed out cache=%s topic=%s seq=%d after_s=%.1f",
+                delivery.cache,
+                delivery.topic,
+                delivery.sequence_number,
+                time.monotonic() - started,
+            )
+            return
+        except httpx.HTTPError as exc:
+            stats.failed += 1
+            logger.warning(
+                "webhook failed cache=%s topic=%s seq=%d error=%s",
+                delivery.cache,
+                delivery.topic,
+                delivery.sequence_number,
+                type(exc).__name__,
+            )
+            return
+        if 200 <= response.status_code < 300:
+            stats.delivered += 1
+        else:
+            stats.failed += 1
+            logger.warning(
+                "webhook refused cache=%s topic=%s seq=%d status=%d",
+                delivery.cache,
+                delivery.topic,
+                delivery.sequence_number,
+                response.status_code,
+            )

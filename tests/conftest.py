@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -129,18 +129,24 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float 
 class WorkerProcess:
     """`pipeline worker` in a subprocess: a real Celery worker, as deployments run it."""
 
-    def __init__(self, name: str, *args: str) -> None:
+    def __init__(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.args = args
+        self.env = dict(env or {})  # overrides of os.environ, e.g. another CELERY_BROKER_URL
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, settings: Settings, timeout_s: float = 30.0) -> WorkerProcess:
-        """Start the worker and wait until it answers a broadcast ping."""
-        from pipeline.celery_app import app
+        """Start the worker and wait until it answers a broadcast ping on its broker."""
+        from pipeline.celery_app import app, configure, create_app
 
+        control = app
+        broker = self.env.get("CELERY_BROKER_URL")
+        if broker and broker != settings.celery_broker_url:
+            control = create_app()
+            configure(control, settings.model_copy(update={"celery_broker_url": broker}))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "worker", "-n", f"{self.name}@%h", *self.args],
-            env=dict(os.environ),
+            env=dict(os.environ) | self.env,
             start_new_session=True,
         )
         hostname = None
@@ -149,12 +155,16 @@ class WorkerProcess:
             nonlocal hostname
             assert self.process is not None
             assert self.process.poll() is None, f"worker exited with {self.process.returncode}"
-            replies = app.control.ping(timeout=0.5) or []
+            replies = control.control.ping(timeout=0.5) or []
             names = [name for reply in replies for name in reply]
             hostname = next((n for n in names if n.startswith(f"{self.name}@")), None)
             return hostname is not None
 
-        assert wait_for(ready, timeout_s, 0.2), f"worker {self.name} did not come up"
+        try:
+            assert wait_for(ready, timeout_s, 0.2), f"worker {self.name} did not come up"
+        finally:
+            if control is not app:
+                control.close()
         return self
 
     def kill(self) -> None:
@@ -182,8 +192,8 @@ def worker_factory(settings: Settings) -> Iterator[Callable[..., WorkerProcess]]
     """Start `pipeline worker` subprocesses; all are stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def start(name: str = "w1", *args: str) -> WorkerProcess:
-        worker = WorkerProcess(name, *args).start(settings)
+    def start(name: str = "w1", *args: str, env: Mapping[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(name, *args, env=env).start(settings)
         started.append(worker)
         return worker
 

@@ -17,7 +17,7 @@ from pipeline.config import Settings, get_settings
 from pipeline.services import DEFAULT_BROKER_PORT, EmbeddedBroker
 
 QUEUES = ("ingest", "sequence", "workflows", "publish", "aggregate")
-TASK_MODULES = ("tasks.ingest",)
+TASK_MODULES = ("tasks.ingest", "tasks.sequence")
 
 # Worst case a task waits before its broker message is acked: the hard time limit of one run.
 TASK_TIME_LIMIT_S = 300
@@ -31,6 +31,14 @@ def broker_url(settings: Settings) -> str:
         return settings.celery_broker_url
     running = EmbeddedBroker(settings.home).running_url()
     return running or f"redis://127.0.0.1:{DEFAULT_BROKER_PORT}/0"
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Periodic jobs; run exactly one `pipeline beat` per deployment."""
+    tick_s = max(0.5, settings.pipeline_reorder_window_s / 2)
+    return {
+        "sequence-tick": {"task": "tasks.sequence.tick", "schedule": tick_s},
+    }
 
 
 def build_config(settings: Settings) -> dict[str, Any]:
@@ -73,6 +81,7 @@ def build_config(settings: Settings) -> dict[str, Any]:
             "queue_order_strategy": "priority",
         },
         "result_backend_transport_options": {"visibility_timeout": 900},
+        "beat_schedule": beat_schedule(settings),
         "worker_send_task_events": True,
         "task_send_sent_event": True,
     }

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     pipeline_enqueue_timeout_s: float = Field(default=3.0, gt=0, le=4.5)
     pipeline_visibility_timeout_s: int = Field(default=900, ge=10)
     pipeline_reorder_window_s: float = Field(default=2.0, ge=0)
-    pipeline_reset_idle_s: float = Field(default=60.0, gt=0)
+    pipeline_reset_idle_s: float = Field(default=1.0, gt=0)
     pipeline_rollup_window_s: int = Field(default=60, ge=1)
     pipeline_retention_days: float = Field(default=7.0, gt=0)
     pipeline_publish_rate_per_s: float = Field(default=100.0, gt=0)

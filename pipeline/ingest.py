@@ -15,7 +15,9 @@ from sqlalchemy.orm import Session
 
 from pipeline.errors import MalformedBody
 from pipeline.events import parse_webhook, subscription_key, webhook_key
-from pipeline.models import DeadLetter, Event, EventSource
+from pipeline.models import DeadLetter, Event, EventSource, IngestBatch
+from pipeline.sequencer import SequenceReport, sequence_rows
+from pipeline.sequencing import SequencePolicy
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ class StoreResult:
     topics: set[tuple[str, str]] = field(default_factory=set)
     duplicates: int = 0
     dead: int = 0
+    replayed: bool = False
+    sequence: SequenceReport = field(default_factory=SequenceReport)
 
 
 def _ms_to_datetime(ms: int) -> datetime:
@@ -62,6 +66,8 @@ def webhook_rows(items: Sequence[RawItem]) -> tuple[list[dict[str, Any]], list[t
                 "received_at": _ms_to_datetime(received_ms),
                 "source": EventSource.WEBHOOK,
                 "idempotency_key": webhook_key(event),
+                "epoch": None,
+                "arrival": None,
             }
         )
     return rows, poison
@@ -84,6 +90,8 @@ def subscription_row(
         "received_at": _ms_to_datetime(received_ms),
         "source": EventSource.SUBSCRIPTION,
         "idempotency_key": subscription_key(page, sequence_number),
+        "epoch": None,
+        "arrival": None,
     }
 
 
@@ -130,17 +138,37 @@ def store_rows(session: Session, rows: list[dict[str, Any]], result: StoreResult
             result.dead += 1
 
 
-def store_webhook_batch(session: Session, items: Sequence[RawItem]) -> StoreResult:
-    """Store a receiver batch exactly once in effect; returns what was new."""
+def claim_batch(session: Session, batch_id: str) -> bool:
+    """Record that this transaction stores batch ``batch_id``; False if it was stored before."""
+    stmt = (
+        pg_insert(IngestBatch)
+        .values(task_id=batch_id)
+        .on_conflict_do_nothing()
+        .returning(IngestBatch.task_id)
+    )
+    return session.execute(stmt).first() is not None
+
+
+def store_webhook_batch(
+    session: Session,
+    items: Sequence[RawItem],
+    policy: SequencePolicy,
+    batch_id: str | None = None,
+) -> StoreResult:
+    """Store and sequence a receiver batch exactly once in effect; returns what was new.
+
+    ``batch_id`` (the Celery task id) makes a redelivered batch a no-op, so its deliveries are not
+    counted again as duplicates by the sequencer.
+    """
     result = StoreResult()
+    if batch_id is not None and not claim_batch(session, batch_id):
+        result.replayed = True
+        return result
     rows, poison = webhook_rows(items)
     for item, reason in poison:
-        dead_letter(
-            session,
-            "ingest",
-            reason,
-            {"item": list(item) if isinstance(item, list) else repr(item)},
-        )
+        kept = list(item) if isinstance(item, list) else repr(item)
+        dead_letter(session, "ingest", reason, {"item": kept})
         result.dead += 1
+    rows, result.sequence = sequence_rows(session, rows, policy)
     store_rows(session, rows, result)
     return result

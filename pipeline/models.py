@@ -10,7 +10,9 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Enum,
+    Float,
     Index,
+    Integer,
     MetaData,
     String,
     Text,
@@ -58,6 +60,7 @@ class Event(Base):
         Index("ix_events_topic_sequence", "cache", "topic", "topic_sequence_number"),
         Index("ix_events_topic_event_time", "cache", "topic", "event_timestamp"),
         Index("ix_events_received_at", "received_at"),
+        Index("ix_events_topic_epoch_sequence", "cache", "topic", "epoch", "topic_sequence_number"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -76,6 +79,8 @@ class Event(Base):
         Enum(EventSource, name="event_source", values_callable=lambda e: [m.value for m in e])
     )
     idempotency_key: Mapped[str] = mapped_column(String(64))
+    epoch: Mapped[int | None] = mapped_column(Integer)
+    arrival: Mapped[str | None] = mapped_column(String(16))
 
 
 class DeadLetter(Base):
@@ -90,3 +95,102 @@ class DeadLetter(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TopicCursorRow(Base):
+    """A topic's sequencing state (pipeline.topic_cursor.TopicCursor as JSON), one row per topic.
+
+    The row is locked FOR UPDATE while a batch is sequenced, in the transaction that stores the
+    batch, so concurrent workers take turns per topic and no event is fed twice or skipped.
+    """
+
+    __tablename__ = "topic_cursors"
+
+    cache: Mapped[str] = mapped_column(String(255), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    newest_received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class IngestBatch(Base):
+    """Batches already stored, by Celery task id: a redelivered batch is recognised and skipped."""
+
+    __tablename__ = "ingest_batches"
+    __table_args__ = (Index("ix_ingest_batches_created_at", "created_at"),)
+
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class LostRange(Base):
+    """Sequence numbers Momento published that never arrived (declared after the reorder window)."""
+
+    __tablename__ = "lost_ranges"
+    __table_args__ = (
+        Index("ix_lost_ranges_topic_epoch", "cache", "topic", "epoch", "first_seq"),
+        Index("ix_lost_ranges_declared_at", "declared_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    cache: Mapped[str] = mapped_column(String(255))
+    topic: Mapped[str] = mapped_column(String(255))
+    epoch: Mapped[int] = mapped_column(Integer)
+    first_seq: Mapped[int] = mapped_column(BigInteger)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    declared_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DuplicateDelivery(Base):
+    """A delivery of a message already received (Momento, or a publisher, sent it again)."""
+
+    __tablename__ = "duplicate_deliveries"
+    __table_args__ = (
+        Index("ix_duplicate_deliveries_topic_received", "cache", "topic", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    cache: Mapped[str] = mapped_column(String(255))
+    topic: Mapped[str] = mapped_column(String(255))
+    epoch: Mapped[int] = mapped_column(Integer)
+    topic_sequence_number: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Rollup(Base):
+    """Per (cache, topic, window) aggregates, recomputed idempotently by tasks.aggregate."""
+
+    __tablename__ = "rollups"
+    __table_args__ = (Index("ix_rollups_window_start", "window_start"),)
+
+    cache: Mapped[str] = mapped_column(String(255), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    window_s: Mapped[int] = mapped_column(Integer, primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    first_seq: Mapped[int | None] = mapped_column(BigInteger)
+    last_seq: Mapped[int | None] = mapped_column(BigInteger)
+    out_of_order: Mapped[int] = mapped_column(BigInteger)
+    resets: Mapped[int] = mapped_column(BigInteger)
+    duplicates: Mapped[int] = mapped_column(BigInteger)
+    gaps: Mapped[int] = mapped_column(BigInteger)
+    lost: Mapped[int] = mapped_column(BigInteger)
+    distinct_tokens: Mapped[int] = mapped_column(BigInteger)
+    publish_latency_p50_ms: Mapped[float | None] = mapped_column(Float)
+    publish_latency_p95_ms: Mapped[float | None] = mapped_column(Float)
+    publish_latency_p99_ms: Mapped[float | None] = mapped_column(Float)
+    receive_latency_p50_ms: Mapped[float | None] = mapped_column(Float)
+    receive_latency_p95_ms: Mapped[float | None] = mapped_column(Float)
+    receive_latency_p99_ms: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class RollupWatermark(Base):
+    """How far roll-ups have read the events table (by id), per window length."""
+
+    __tablename__ = "rollup_watermarks"
+
+    window_s: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import Task
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from pipeline.celery_app import app
+from pipeline.config import get_settings
 from pipeline.db import session_scope
 from pipeline.ingest import store_webhook_batch
+from pipeline.sequencer import policy_from
 
 logger = get_task_logger(__name__)
 
 
 @app.task(
+    bind=True,
     name="tasks.ingest.store_webhooks",
     acks_late=True,
     reject_on_worker_lost=True,
@@ -24,10 +28,14 @@ logger = get_task_logger(__name__)
     retry_jitter=True,
     max_retries=None,
 )
-def store_webhooks(items: list[list[Any]]) -> dict[str, int]:
+def store_webhooks(self: Task, items: list[list[Any]]) -> dict[str, int]:
     """Store one batch of ``[raw body, received ms]`` items; retried while Postgres is down."""
-    with session_scope() as session:
-        result = store_webhook_batch(session, items)
+    settings = get_settings()
+    with session_scope(settings) as session:
+        result = store_webhook_batch(session, items, policy_from(settings), self.request.id)
+    if result.replayed:
+        logger.info("batch already stored id=%s", self.request.id)
+        return {"new": 0, "duplicates": 0, "dead": 0}
     logger.info(
         "stored batch=%d new=%d dup=%d dead=%d",
         len(items),

@@ -1,0 +1,244 @@
+"""Per-topic sequencing in Postgres: pipeline.sequencing's pure rules, applied under a row lock.
+
+A batch is sequenced in the same transaction that stores it. Each topic's cursor row is locked
+FOR UPDATE (in a fixed order, so two batches never deadlock), its state advanced with the batch's
+deliveries, and written back before commit. Workers therefore take turns per topic, and since the
+events and the cursor commit together, no event is fed twice or skipped, however many workers run
+and whichever of them crashes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from pipeline.config import Settings
+from pipeline.models import DuplicateDelivery, LostRange, TopicCursorRow
+from pipeline.sequencing import (
+    Classified,
+    Delivery,
+    GapDeclaredLost,
+    GapFilled,
+    Kind,
+    Outcome,
+    SequencePolicy,
+    TopicCursor,
+    advance,
+)
+
+logger = logging.getLogger(__name__)
+
+TopicKey = tuple[str, str]
+
+
+def policy_from(settings: Settings) -> SequencePolicy:
+    """The sequencing policy configured by PIPELINE_REORDER_WINDOW_S and PIPELINE_RESET_IDLE_S."""
+    return SequencePolicy(
+        reorder_window_ms=max(1, int(settings.pipeline_reorder_window_s * 1000)),
+        reset_idle_ms=max(1, int(settings.pipeline_reset_idle_s * 1000)),
+    )
+
+
+@dataclass
+class SequenceReport:
+    """What sequencing one batch (or one tick) found."""
+
+    duplicates: int = 0
+    late: int = 0
+    resets: int = 0
+    lost: int = 0
+    filled: int = 0
+    topics: set[TopicKey] = field(default_factory=set)
+
+
+def _ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def lock_cursors(session: Session, keys: Iterable[TopicKey]) -> dict[TopicKey, TopicCursor]:
+    """Create missing cursor rows and lock all of them, in key order (no deadlocks)."""
+    ordered = sorted(set(keys))
+    if not ordered:
+        return {}
+    session.execute(
+        pg_insert(TopicCursorRow)
+        .values([{"cache": c, "topic": t, "state": TopicCursor().to_json()} for c, t in ordered])
+        .on_conflict_do_nothing()
+    )
+    clauses = [and_(TopicCursorRow.cache == c, TopicCursorRow.topic == t) for c, t in ordered]
+    rows = session.execute(
+        select(TopicCursorRow.cache, TopicCursorRow.topic, TopicCursorRow.state)
+        .where(or_(*clauses))
+        .order_by(TopicCursorRow.cache, TopicCursorRow.topic)
+        .with_for_update()
+    ).all()
+    return {(r.cache, r.topic): TopicCursor.from_json(r.state) for r in rows}
+
+
+def sequence_rows(
+    session: Session, rows: list[dict[str, Any]], policy: SequencePolicy
+) -> tuple[list[dict[str, Any]], SequenceReport]:
+    """Classify a batch's event rows in arrival order; return the rows worth storing.
+
+    Each row gains ``epoch`` and ``arrival``; duplicates are recorded, not returned; gaps that the
+    reorder window closes are recorded as lost ranges. Must run inside the storing transaction.
+    """
+    report = SequenceReport()
+    by_topic: dict[TopicKey, list[int]] = defaultdict(list)
+    for index, row in enumerate(rows):
+        by_topic[(row["cache"], row["topic"])].append(index)
+    cursors = lock_cursors(session, by_topic)
+    keep = [True] * len(rows)
+    for key, indexes in by_topic.items():
+        deliveries = [
+            Delivery(
+                event_id=i,
+                seq=rows[i]["topic_sequence_number"],
+                event_ts_ms=rows[i]["event_timestamp"],
+                received_ts_ms=_ms(rows[i]["received_at"]),
+                page=rows[i]["sequence_page"],
+            )
+            for i in indexes
+        ]
+        now_ms = max(d.received_ts_ms for d in deliveries)
+        cursor, outcomes = advance(cursors[key], deliveries, now_ms, policy)
+        for outcome in outcomes:
+            if isinstance(outcome, Classified):
+                row = rows[int(outcome.event_id)]
+                if outcome.kind is Kind.DUPLICATE:
+                    keep[int(outcome.event_id)] = False
+                    _record_duplicate(session, key, outcome, row["received_at"])
+                    report.duplicates += 1
+                    continue
+                stale = outcome.kind is Kind.STALE
+                row["epoch"] = None if stale else outcome.epoch
+                row["arrival"] = outcome.kind.value
+                report.late += outcome.kind is Kind.LATE
+                report.resets += outcome.kind is Kind.RESET
+        _record_gaps(session, key, outcomes, now_ms, report)
+        _save(session, key, cursor, now_ms)
+        report.topics.add(key)
+    return [row for row, kept in zip(rows, keep, strict=True) if kept], report
+
+
+def tick(session: Session, policy: SequencePolicy, now_ms: int | None = None) -> SequenceReport:
+    """Declare gaps whose reorder window has passed, on topics no batch is sequencing right now.
+
+    Topics locked by an ingest transaction are skipped: that batch declares their gaps itself.
+    """
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    report = SequenceReport()
+    rows = session.execute(
+        select(TopicCursorRow.cache, TopicCursorRow.topic, TopicCursorRow.state)
+        .order_by(TopicCursorRow.cache, TopicCursorRow.topic)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for row in rows:
+        cursor = TopicCursor.from_json(row.state)
+        advanced, outcomes = advance(cursor, [], now_ms, policy)
+        if advanced == cursor:
+            continue
+        key = (row.cache, row.topic)
+        _record_gaps(session, key, outcomes, now_ms, report)
+        _save(session, key, advanced, None)
+        report.topics.add(key)
+    return report
+
+
+def _record_duplicate(
+    session: Session, key: TopicKey, outcome: Classified, received_at: datetime
+) -> None:
+    session.execute(
+        insert(DuplicateDelivery).values(
+            cache=key[0],
+            topic=key[1],
+            epoch=outcome.epoch,
+            topic_sequence_number=outcome.seq,
+            received_at=received_at,
+        )
+    )
+
+
+def _record_gaps(
+    session: Session,
+    key: TopicKey,
+    outcomes: list[Outcome],
+    now_ms: int,
+    report: SequenceReport,
+) -> None:
+    cache, topic = key
+    for outcome in outcomes:
+        if isinstance(outcome, GapDeclaredLost):
+            session.execute(
+                insert(LostRange).values(
+                    cache=cache,
+                    topic=topic,
+                    epoch=outcome.epoch,
+                    first_seq=outcome.first,
+                    last_seq=outcome.last,
+                    declared_at=_at(now_ms),
+                )
+            )
+            report.lost += outcome.last - outcome.first + 1
+        elif isinstance(outcome, GapFilled):
+            _unlose(session, key, outcome)
+            report.filled += 1
+
+
+def _unlose(session: Session, key: TopicKey, filled: GapFilled) -> None:
+    """Remove one number from the lost range holding it (splitting the range if needed)."""
+    cache, topic = key
+    found = session.execute(
+        select(LostRange)
+        .where(
+            LostRange.cache == cache,
+            LostRange.topic == topic,
+            LostRange.epoch == filled.epoch,
+            LostRange.first_seq <= filled.seq,
+            LostRange.last_seq >= filled.seq,
+        )
+        .limit(1)
+    ).scalar_one_or_none()
+    if found is None:
+        logger.warning("filled number not in a lost range topic=%s seq=%d", topic, filled.seq)
+        return
+    pieces = [(found.first_seq, filled.seq - 1), (filled.seq + 1, found.last_seq)]
+    session.execute(delete(LostRange).where(LostRange.id == found.id))
+    for first, last in pieces:
+        if first <= last:
+            session.execute(
+                insert(LostRange).values(
+                    cache=cache,
+                    topic=topic,
+                    epoch=filled.epoch,
+                    first_seq=first,
+                    last_seq=last,
+                    declared_at=found.declared_at,
+                )
+            )
+
+
+def _save(session: Session, key: TopicKey, cursor: TopicCursor, newest_ms: int | None) -> None:
+    values: dict[str, Any] = {"state": cursor.to_json(), "updated_at": datetime.now(UTC)}
+    if newest_ms is not None:
+        values["newest_received_at"] = func.greatest(
+            TopicCursorRow.newest_received_at, _at(newest_ms)
+        )
+    session.execute(
+        update(TopicCursorRow)
+        .where(TopicCursorRow.cache == key[0], TopicCursorRow.topic == key[1])
+        .values(**values)
+    )

@@ -1,0 +1,32 @@
+"""Sequencer beat task: declare gaps whose reorder window passed on topics that went quiet."""
+
+from __future__ import annotations
+
+from celery.utils.log import get_task_logger
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from pipeline.celery_app import app
+from pipeline.config import get_settings
+from pipeline.db import session_scope
+from pipeline.sequencer import policy_from, tick
+
+logger = get_task_logger(__name__)
+
+
+@app.task(
+    name="tasks.sequence.tick",
+    acks_late=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=1,
+    retry_backoff_max=30,
+    max_retries=5,
+    expires=30,
+)
+def sequence_tick() -> dict[str, int]:
+    """Advance every idle topic's cursor to now; return how many numbers were declared lost."""
+    settings = get_settings()
+    with session_scope(settings) as session:
+        report = tick(session, policy_from(settings))
+    if report.lost or report.filled:
+        logger.info("tick topics=%d lost=%d", len(report.topics), report.lost)
+    return {"topics": len(report.topics), "lost": report.lost}

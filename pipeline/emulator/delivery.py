@@ -22,6 +22,9 @@ from pipeline.emulator.webhooks import WebhookRegistry, build_body, headers
 
 logger = logging.getLogger(__name__)
 
+REORDER_STAGGER_S = 0.01
+"""Released reordered deliveries go out this far apart, so receivers see the shuffled order."""
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -69,6 +72,7 @@ class Dispatcher:
         self._pending = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._release_at: dict[tuple[str, str], float] = {}
         self._stats: defaultdict[tuple[str, str], DeliveryStats] = defaultdict(DeliveryStats)
         self._client: httpx.AsyncClient | None = None
 
@@ -104,11 +108,24 @@ class Dispatcher:
         if plan is None:
             self._schedule(delivery, 1, 0.0)
             return
-        for item in plan.reorder(delivery):
-            self._decide(plan, item)
+        self._release(plan, plan.reorder(delivery))
         self._arm_flush(plan, delivery)
 
-    def _decide(self, plan: FaultPlan[Delivery], delivery: Delivery) -> None:
+    def _release(self, plan: FaultPlan[Delivery], items: list[Delivery]) -> None:
+        """Send released reordered items one stagger apart, after any earlier release."""
+        if not items:
+            return
+        key = (items[0].cache, items[0].topic)
+        now = self._loop.loop.time()
+        at = self._release_at.get(key, now)
+        for item in items:
+            at = max(now, at + REORDER_STAGGER_S)
+            self._decide(plan, item, at - now)
+        self._release_at[key] = at
+
+    def _decide(
+        self, plan: FaultPlan[Delivery], delivery: Delivery, stagger_s: float = 0.0
+    ) -> None:
         decision = plan.decide()
         stats = self._stats[(delivery.cache, delivery.topic)]
         if decision.copies == 0:
@@ -116,7 +133,7 @@ class Dispatcher:
             return
         if decision.copies > 1:
             stats.duplicated += decision.copies - 1
-        self._schedule(delivery, decision.copies, decision.delay_s)
+        self._schedule(delivery, decision.copies, decision.delay_s + stagger_s)
 
     def _arm_flush(self, plan: FaultPlan[Delivery], delivery: Delivery) -> None:
         key = (delivery.cache, delivery.topic)
@@ -130,8 +147,7 @@ class Dispatcher:
 
     def _flush(self, plan: FaultPlan[Delivery], key: tuple[str, str]) -> None:
         self._flush_timers.pop(key, None)
-        for item in plan.drain():
-            self._decide(plan, item)
+        self._release(plan, plan.drain())
 
     def _schedule(self, delivery: Delivery, copies: int, delay_s: float) -> None:
         for _ in range(copies):

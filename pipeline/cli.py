@@ -138,6 +138,26 @@ def beat(loglevel: str) -> None:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=5555, show_default=True)
+@click.option(
+    "--persistent/--no-persistent",
+    default=False,
+    show_default=True,
+    help="Keep Flower's task history in PIPELINE_HOME/flower.db across restarts.",
+)
+def flower(host: str, port: int, persistent: bool) -> None:
+    """Run Flower (basic auth always on; password from FLOWER_PASSWORD or generated)."""
+    from pipeline.celery_app import app, configure
+    from pipeline.flower import flower_argv
+
+    settings = settings_or_exit()
+    with services(settings):
+        configure(app, load_settings())
+        app.start(flower_argv(load_settings(), host, port, persistent))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True, help="Receiver processes.")
 def receiver(host: str, port: int, workers: int) -> None:

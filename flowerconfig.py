@@ -1,0 +1,10 @@
+"""Flower settings read by `celery -A pipeline.celery_app flower` run from this directory.
+
+Basic auth is always on: FLOWER_USER / FLOWER_PASSWORD, or a password generated once and kept in
+PIPELINE_HOME/flower-password. `pipeline flower` applies the same rule.
+"""
+
+from pipeline.config import get_settings
+from pipeline.flower import basic_auth as _basic_auth
+
+basic_auth = [_basic_auth(get_settings())]

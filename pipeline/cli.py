@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pipeline.config import Settings, load_settings
 from pipeline.errors import PipelineError
 from pipeline.services import ServiceUrls, export_urls, running_services
+
+if TYPE_CHECKING:
+    from pipeline.stack import StackOptions
 
 logger = logging.getLogger("pipeline")
 
@@ -184,33 +187,54 @@ def receiver(host: str, port: int, workers: int) -> None:
         )
 
 
-@cli.command()
-@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes.")
-@click.option("--concurrency", type=int, default=2, show_default=True, help="Per worker.")
-@click.option("--migrate/--no-migrate", default=True, show_default=True)
-def up(workers: int, concurrency: int, migrate: bool) -> None:
-    """Start the services (embedded when no URLs are set), migrate, and run workers until Ctrl-C."""
-    from pipeline import migrate as migrations
-    from pipeline.supervisor import Supervisor
+def stack_options(func: Callable[..., None]) -> Callable[..., None]:
+    """Options shared by `up` and `demo`."""
+    options = [
+        click.option(
+            "--workers",
+            type=int,
+            default=2,
+            show_default=True,
+            help="Worker processes (each with --concurrency slots).",
+        ),
+        click.option("--concurrency", type=int, default=2, show_default=True),
+        click.option("--receiver-port", type=int, default=8000, show_default=True),
+        click.option("--momento-port", type=int, default=8080, show_default=True),
+        click.option("--flower-port", type=int, default=5555, show_default=True),
+        click.option("--flower/--no-flower", default=True, show_default=True),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
 
-    settings = settings_or_exit()
-    with services(settings) as urls:
-        if migrate:
-            migrations.upgrade(load_settings())
-        supervisor = Supervisor(os.environ)
-        for index in range(workers):
-            supervisor.python(
-                f"worker-{index + 1}",
-                "worker",
-                "--concurrency",
-                str(concurrency),
-                "--hostname",
-                f"worker{index + 1}@%h",
-            )
-        click.echo(f"database: {urls.database_url}")
-        click.echo(f"broker:   {urls.broker_url}")
-        click.echo(f"workers:  {workers} x {concurrency}   (Ctrl-C stops everything)")
-        status = supervisor.wait()
+
+def _options(**kwargs: Any) -> StackOptions:
+    from pipeline.stack import StackOptions
+
+    return StackOptions(
+        receiver_port=kwargs["receiver_port"],
+        momento_port=kwargs["momento_port"],
+        flower_port=kwargs["flower_port"],
+        workers=kwargs["workers"],
+        concurrency=kwargs["concurrency"],
+        flower=kwargs["flower"],
+    )
+
+
+@cli.command()
+@stack_options
+def up(**kwargs: Any) -> None:
+    """Run the whole pipeline until Ctrl-C: stores, migrations, local Momento, receiver,
+    workers, beat and Flower (embedded defaults when no URLs are configured)."""
+    from pipeline.stack import describe, prepare_routes, running_stack
+
+    settings_or_exit()
+    with running_stack(_options(**kwargs)) as stack:
+        prepare_routes(stack)
+        for line in describe(stack):
+            click.echo(line)
+        click.echo("Ctrl-C stops everything.")
+        status = stack.supervisor.wait()
     sys.exit(status)
 
 

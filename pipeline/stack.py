@@ -1,0 +1,258 @@
+"""The whole pipeline as one process tree: what `pipeline up` and `pipeline demo` run.
+
+Order of start: stores (embedded unless configured) → migrations → local Momento server (unless
+real Momento is configured) → receiver → workers → beat → Flower. Stop is the reverse: Flower,
+beat, workers (warm shutdown: running tasks finish, the rest stay in the broker), receiver (its
+batcher flushes what it acknowledged), Momento server, then the stores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+
+from pipeline import migrate
+from pipeline.config import Settings, get_settings, load_settings
+from pipeline.errors import ServiceError
+from pipeline.services import ServiceUrls, export_urls, running_services
+from pipeline.supervisor import Supervisor
+
+logger = logging.getLogger(__name__)
+
+SECRET_FILE = "webhook-secret"
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """Ports and sizes of a stack; ports in use move to a free one."""
+
+    host: str = "127.0.0.1"
+    receiver_port: int = 8000
+    momento_port: int = 8080
+    momento_admin_port: int = 8081
+    flower_port: int = 5555
+    workers: int = 1
+    concurrency: int = 2
+    beat: bool = True
+    flower: bool = True
+
+
+@dataclass
+class Stack:
+    """Where the running parts are."""
+
+    urls: ServiceUrls
+    receiver_url: str
+    momento_address: str | None
+    momento_admin_url: str | None
+    flower_url: str | None
+    flower_user: str
+    flower_password: str | None
+    supervisor: Supervisor
+    settings: Settings
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def webhook_url(self) -> str:
+        """Where Momento (or the local server) must POST webhooks."""
+        return f"{self.receiver_url}/webhooks/momento"
+
+
+def _free(host: str, port: int) -> int:
+    """``port`` if nothing listens there, else a free port."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            return port
+        except OSError:
+            pass
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_http(url: str, supervisor: Supervisor, name: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for child in supervisor.children:
+            if child.process is not None and child.process.poll() is not None:
+                raise ServiceError(f"{child.name} exited with {child.process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        time.sleep(0.2)
+    raise ServiceError(f"{name} did not answer {url} within {timeout_s:.0f} s")
+
+
+def webhook_secret(settings: Settings) -> str:
+    """The first configured signing secret, else one generated once under PIPELINE_HOME."""
+    if settings.pipeline_webhook_secrets:
+        return settings.pipeline_webhook_secrets[0]
+    path = settings.home / SECRET_FILE
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text().strip()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return secret
+
+
+@contextlib.contextmanager
+def running_stack(options: StackOptions, settings: Settings | None = None) -> Iterator[Stack]:
+    """Start every part, yield where they are, stop them all in reverse order on exit."""
+    settings = settings or load_settings()
+    with running_services(settings) as urls:
+        export_urls(urls)
+        secret = webhook_secret(settings)
+        if not settings.pipeline_webhook_secrets:
+            os.environ["PIPELINE_WEBHOOK_SECRETS"] = secret
+        get_settings.cache_clear()
+        settings = get_settings()
+        migrate.upgrade(settings)
+        supervisor = Supervisor(os.environ)
+        try:
+            stack = _start_children(options, settings, urls, supervisor)
+            yield stack
+        finally:
+            supervisor.stop()
+
+
+def _start_children(
+    options: StackOptions, settings: Settings, urls: ServiceUrls, supervisor: Supervisor
+) -> Stack:
+    host = options.host
+    momento_address = admin_url = None
+    local = settings.momento_api_key is None
+    if local and settings.momento_local is None:
+        port = _free(host, options.momento_port)
+        admin_port = _free(host, options.momento_admin_port)
+        supervisor.python(
+            "momento-local",
+            "emulator",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--admin-port",
+            str(admin_port),
+        )
+        admin_url = f"http://{host}:{admin_port}"
+        _wait_http(f"{admin_url}/healthz", supervisor, "local Momento server")
+        momento_address = f"{host}:{port}"
+        os.environ["MOMENTO_LOCAL"] = momento_address
+        supervisor.env["MOMENTO_LOCAL"] = momento_address
+        get_settings.cache_clear()
+        settings = get_settings()
+    elif local:
+        momento_address = settings.momento_local
+
+    receiver_port = _free(host, options.receiver_port)
+    supervisor.python("receiver", "receiver", "--host", host, "--port", str(receiver_port))
+    receiver_url = f"http://{host}:{receiver_port}"
+    _wait_http(f"{receiver_url}/healthz", supervisor, "receiver")
+
+    for index in range(options.workers):
+        supervisor.python(
+            f"worker-{index + 1}",
+            "worker",
+            "--concurrency",
+            str(options.concurrency),
+            "--hostname",
+            f"worker{index + 1}@%h",
+        )
+    if options.beat:
+        supervisor.python("beat", "beat")
+
+    flower_url = password = None
+    if options.flower:
+        from pipeline.flower import flower_password
+
+        flower_port = _free(host, options.flower_port)
+        password = flower_password(settings)
+        supervisor.python("flower", "flower", "--host", host, "--port", str(flower_port))
+        flower_url = f"http://{host}:{flower_port}"
+        _wait_http(f"{flower_url}/healthcheck", supervisor, "flower")
+
+    return Stack(
+        urls=urls,
+        receiver_url=receiver_url,
+        momento_address=momento_address,
+        momento_admin_url=admin_url,
+        flower_url=flower_url,
+        flower_user=settings.flower_user,
+        flower_password=password,
+        supervisor=supervisor,
+        settings=settings,
+    )
+
+
+def register_webhook(stack: Stack, cache: str, topic: str) -> None:
+    """Point the local server's webhook for (cache, topic) at our receiver, signed our way."""
+    if stack.momento_admin_url is None:
+        raise ServiceError(
+            "webhooks on real Momento are registered in the Momento console or API; "
+            f"point them at {stack.webhook_url}"
+        )
+    secret = webhook_secret(stack.settings)
+    response = httpx.put(
+        f"{stack.momento_admin_url}/webhooks/{cache}/{topic}",
+        json={"url": stack.webhook_url, "secret": secret},
+        timeout=5.0,
+    )
+    if response.status_code >= 300:
+        raise ServiceError(f"local server refused webhook {cache}/{topic}: {response.text}")
+
+
+def describe(stack: Stack) -> list[str]:
+    """Human-readable lines saying where everything is."""
+    lines = [
+        f"receiver   {stack.webhook_url}   (/healthz /readyz /metrics)",
+        f"database   {stack.urls.database_url}",
+        f"broker     {stack.urls.broker_url}",
+    ]
+    if stack.momento_address:
+        lines.append(
+            f"momento    local server {stack.momento_address}  (admin {stack.momento_admin_url})"
+        )
+    else:
+        lines.append("momento    real Momento (MOMENTO_API_KEY)")
+    if stack.flower_url:
+        lines.append(
+            f"flower     {stack.flower_url}   login {stack.flower_user} / {stack.flower_password}"
+        )
+    return [*lines, *stack.notes]
+
+
+def prepare_routes(stack: Stack) -> None:
+    """Create the routes' caches and point their exact-topic webhooks at the receiver (local only).
+
+    Momento webhooks name one exact topic, so routes with a glob get a note instead.
+    """
+    try:
+        from pipeline.routes import load_routes
+    except ImportError:
+        return
+    path = stack.settings.pipeline_routes
+    if not path.exists() or stack.momento_admin_url is None:
+        return
+    for route in load_routes(path):
+        caches = {route.cache} | {t.cache for t in route.targets()}
+        for cache in caches:
+            httpx.post(f"{stack.momento_admin_url}/caches/{cache}", timeout=5.0)
+        if any(ch in route.topic for ch in "*?["):
+            stack.notes.append(
+                f"route {route.name}: topic glob {route.topic!r}; register a webhook per topic"
+            )
+            continue
+        register_webhook(stack, route.cache, route.topic)

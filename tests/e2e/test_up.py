@@ -1,0 +1,111 @@
+"""`pipeline up` on embedded defaults: all starts, a webhook is stored, Ctrl-C leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from sqlalchemy import create_engine, text
+
+from pipeline.signing import sign
+from tests.conftest import wait_for
+
+ENV_DROP = (
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "MOMENTO_LOCAL",
+    "MOMENTO_API_KEY",
+    "PIPELINE_WEBHOOK_SECRETS",
+    "PIPELINE_HOME",
+)
+
+
+@pytest.mark.timeout(240)
+def test_up_runs_everything_embedded_and_stops_without_orphans(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_DROP}
+    env["PIPELINE_HOME"] = str(tmp_path / "home")
+    ports = {"--receiver-port": "18000", "--momento-port": "18080", "--flower-port": "15555"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "up",
+            "--workers",
+            "1",
+            *[item for pair in ports.items() for item in pair],
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 120
+        receiver = None
+        while time.monotonic() < deadline and "Ctrl-C" not in "".join(lines[-3:]):
+            line = process.stdout.readline()
+            assert line, "pipeline up exited early:\n" + "".join(lines[-40:])
+            lines.append(line)
+            if line.startswith("receiver "):
+                receiver = line.split()[1]
+        assert receiver, "".join(lines[-40:])
+        assert any(line.startswith("flower ") and "login admin / " in line for line in lines)
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert len(children) >= 5  # momento-local, receiver, worker, beat, flower (+ pool, stores)
+
+        secret = (tmp_path / "home" / "webhook-secret").read_text().strip()
+        now = int(time.time() * 1000)
+        body = json.dumps(
+            {
+                "cache": "demo",
+                "topic": "t",
+                "event_timestamp": now,
+                "publish_timestamp": now,
+                "topic_sequence_number": 1,
+                "token_id": "",
+                "text": "hello",
+            }
+        ).encode()
+        response = httpx.post(
+            receiver,
+            content=body,
+            headers={"content-type": "application/json", "momento-signature": sign(body, secret)},
+        )
+        assert response.status_code == 204, response.text
+
+        url = json.loads((tmp_path / "home" / "postgres.json").read_text())["url"]
+        engine = create_engine(url)
+        try:
+
+            def stored() -> bool:
+                with engine.connect() as conn:
+                    return conn.execute(text("SELECT count(*) FROM events")).scalar_one() == 1
+
+            assert wait_for(stored, 30, 0.2)
+        finally:
+            engine.dispose()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(90)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            if process.stdout is not None:
+                process.stdout.close()
+    assert code == 0, "".join(lines[-40:])
+    alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"orphans left running: {alive}"

@@ -194,3 +194,100 @@ class RollupWatermark(Base):
     window_s: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_event_id: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class OutboxKind(enum.StrEnum):
+    """What an outbox row asks Momento to do."""
+
+    TOPIC_PUBLISH = "topic_publish"
+    CACHE_SET = "cache_set"
+    CACHE_DELETE = "cache_delete"
+
+
+class OutboxStatus(enum.StrEnum):
+    """Where an outbox row is: waiting to be sent, sent, or given up on (see dead_letters)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+def _enum_values(kind: type[enum.StrEnum]) -> list[str]:
+    return [member.value for member in kind]
+
+
+class OutboxMessage(Base):
+    """One result to send to Momento, written in the transaction that records the result.
+
+    Unique on (route, event_id, kind): a workflow that runs again adds nothing. Rows of an ordered
+    route carry an ``ordering_key`` and are sent one at a time, in id order, per key.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("route", "event_id", "kind"),
+        Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_outbox_ordering_key_status", "ordering_key", "status", "id"),
+        Index("ix_outbox_target_cache_target_key", "target_cache", "target_key", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    route: Mapped[str] = mapped_column(String(255))
+    event_id: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[OutboxKind] = mapped_column(
+        Enum(OutboxKind, name="outbox_kind", values_callable=_enum_values)
+    )
+    target_cache: Mapped[str] = mapped_column(String(255))
+    target_topic: Mapped[str | None] = mapped_column(String(255))
+    target_key: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    message_id: Mapped[str] = mapped_column(String(300))
+    ordering_key: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[OutboxStatus] = mapped_column(
+        Enum(OutboxStatus, name="outbox_status", values_callable=_enum_values)
+    )
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class WorkflowRun(Base):
+    """A dispatched run of an unordered route (or a replay) of one event; lost ones are re-sent."""
+
+    __tablename__ = "workflow_runs"
+    __table_args__ = (Index("ix_workflow_runs_status_started_at", "status", "started_at"),)
+
+    route: Mapped[str] = mapped_column(String(255), primary_key=True)
+    event_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RouteCursor(Base):
+    """How far an ordered route has run one topic: the last finished (epoch, seq, event id).
+
+    ``inflight_event_id`` is the event whose canvas runs now; ``attempts``/``retry_at`` hold back
+    an event whose workflow failed until its backoff passed.
+    """
+
+    __tablename__ = "route_cursors"
+
+    route: Mapped[str] = mapped_column(String(255), primary_key=True)
+    cache: Mapped[str] = mapped_column(String(255), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, server_default="0")
+    seq: Mapped[int] = mapped_column(BigInteger, server_default="-1")
+    event_id: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    inflight_event_id: Mapped[int | None] = mapped_column(BigInteger)
+    inflight_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    released: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     pipeline_rollup_window_s: int = Field(default=60, ge=1)
     pipeline_retention_days: float = Field(default=7.0, gt=0)
     pipeline_publish_rate_per_s: float = Field(default=100.0, gt=0)
+    pipeline_publish_burst: float | None = Field(default=None, ge=1)
+    pipeline_publish_max_attempts: int = Field(default=8, ge=1)
+    pipeline_publish_backoff_max_s: float = Field(default=60.0, gt=0)
+    pipeline_outbox_drain_s: float = Field(default=1.0, gt=0)
+    pipeline_workflow_max_attempts: int = Field(default=5, ge=1)
+    pipeline_workflow_stall_s: float = Field(default=120.0, gt=0)
     pipeline_summary_topic: str | None = None
     pipeline_summary_cache: str | None = None
 

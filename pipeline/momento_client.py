@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, Self
@@ -85,7 +86,8 @@ def credential_provider(settings: Settings) -> CredentialProvider:
             return CredentialProvider.from_api_key_v2(key, settings.momento_endpoint)
         return CredentialProvider.from_disposable_token(key)
     except Exception as exc:  # the SDK raises its own exception types and plain ones
-        raise MomentoError(f"MOMENTO_API_KEY is not usable: {type(exc).__name__}") from exc
+        hint = "" if settings.momento_endpoint else " (v2 keys also need MOMENTO_ENDPOINT)"
+        raise MomentoError(f"MOMENTO_API_KEY is not usable{hint}: {type(exc).__name__}") from exc
 
 
 def cache_client(settings: Settings, *, default_ttl: timedelta = DEFAULT_TTL) -> CacheClient:
@@ -439,7 +441,8 @@ class ResilientSubscription(_Base):
                 raise self._failure from None
             return None
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Message | Gap]:
+        """Events until ``close()``; raises MomentoError once the subscription gave up."""
         while not self._closed.is_set():
             event = self.poll(0.5)
             if event is not None:
@@ -632,7 +635,10 @@ class ResilientSubscriptionAsync(_Base):
             if self._closed or (task is not None and task.cancelling()):
                 raise
             raw = None  # the call was cancelled underneath us
-        except Exception as exc:  # grpc.aio.AioRpcError or TimeoutError (stalled)
+        except TimeoutError:
+            logger.warning("subscription stalled cache=%s topic=%s", self.cache, self.topic)
+            raw = None
+        except Exception as exc:  # grpc.aio.AioRpcError: the stream is over
             logger.warning(
                 "subscription stream ended cache=%s topic=%s error=%s",
                 self.cache,

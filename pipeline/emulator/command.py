@@ -217,7 +217,10 @@ def emulator(
         reorder_window=reorder_window,
         reset_every=reset_every,
     )
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from exc
     try:
         if spec.active:
             server.set_faults("*", "*", spec)

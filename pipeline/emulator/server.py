@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
 
@@ -110,16 +111,34 @@ class EmulatorServer:
         return f"{self.host}:{self.port}"
 
     def start(self) -> Self:
-        """Bind and serve; returns once the gRPC port (and the admin API) accept connections."""
+        """Bind and serve; returns once the gRPC port (and the admin API) accept connections.
+
+        Raises OSError when a port cannot be bound (nothing is left running then).
+        """
+        try:
+            self._start()
+        except BaseException:
+            self.stop(0)
+            raise
+        logger.info("emulator listening grpc=%s admin=%s", self.address, self.admin_url)
+        return self
+
+    def _start(self) -> None:
         pubsub = PubsubServicer(self.store, self._limits, self._on_publish)
         workers = self._limits.max_subscriptions + UNARY_WORKERS
         server = grpc.server(ThreadPoolExecutor(workers, "emulator-rpc"), options=grpc_options())
-        control_grpc.add_ScsControlServicer_to_server(ControlServicer(self.store), server)  # type: ignore[no-untyped-call]
-        cache_grpc.add_ScsServicer_to_server(CacheServicer(self.store, self._limits), server)  # type: ignore[no-untyped-call]
-        pubsub_grpc.add_PubsubServicer_to_server(pubsub, server)  # type: ignore[no-untyped-call]
-        self.port = server.add_insecure_port(f"{self.host}:{self._requested_port}")
-        if not self.port:
-            raise OSError(f"cannot listen on {self.host}:{self._requested_port}")
+        registrations: list[tuple[Callable[[Any, Any], None], Any]] = [
+            (control_grpc.add_ScsControlServicer_to_server, ControlServicer(self.store)),
+            (cache_grpc.add_ScsServicer_to_server, CacheServicer(self.store, self._limits)),
+            (pubsub_grpc.add_PubsubServicer_to_server, pubsub),
+        ]
+        for register, servicer in registrations:
+            register(servicer, server)
+        target = f"{self.host}:{self._requested_port}"
+        try:
+            self.port = server.add_insecure_port(target)
+        except RuntimeError as exc:  # grpc reports a failed bind this way
+            raise OSError(f"cannot listen on {target}: address in use or not available") from exc
         self._grpc = server
         server.start()
         self._loop.start()
@@ -129,8 +148,6 @@ class EmulatorServer:
             admin_port = self._loop.run(self._admin.start(self.host, self._admin_port))
             self.admin_url = f"http://{self.host}:{admin_port}"
         self._sweeper.start()
-        logger.info("emulator listening grpc=%s admin=%s", self.address, self.admin_url)
-        return self
 
     def stop(self, grace_s: float = 0.5) -> None:
         """Stop serving. Close SDK clients first: an ended stream makes sync subscribers spin."""

@@ -16,7 +16,8 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -95,6 +96,7 @@ class WebhookReceiver:
         settings: Settings,
         send_batch: SendBatch,
         ready_checks: dict[str, ReadyCheck],
+        collectors: Sequence[Collector] = (),
     ) -> None:
         self.settings = settings
         self.secrets = list(settings.pipeline_webhook_secrets)
@@ -109,6 +111,11 @@ class WebhookReceiver:
             timeout_s=settings.pipeline_enqueue_timeout_s,
         )
         self.ready_checks = ready_checks
+        # Collectors that query the broker or database on each scrape, kept apart from the
+        # process-wide registry so several receivers can live in one process (tests).
+        self.scraped = CollectorRegistry(auto_describe=False)
+        for collector in collectors:
+            self.scraped.register(collector)
         self.routes = Starlette(
             routes=[
                 Route("/healthz", self.healthz),
@@ -239,8 +246,10 @@ class WebhookReceiver:
         return name, "ok"
 
     async def metrics(self, _request: Request) -> Response:
-        """Prometheus text exposition."""
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        """Prometheus text exposition: process metrics, then broker/database gauges."""
+        own = generate_latest()
+        scraped = await asyncio.to_thread(generate_latest, self.scraped)
+        return Response(own + scraped, media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(self, _request: Request) -> Response:
         """The OpenAPI document of the receiver (pipeline/openapi.json)."""
@@ -282,13 +291,22 @@ def create_app(
     settings: Settings,
     send_batch: SendBatch | None = None,
     ready_checks: dict[str, ReadyCheck] | None = None,
+    collectors: Sequence[Collector] | None = None,
 ) -> WebhookReceiver:
     """Build the receiver for ``settings`` (by default enqueueing through Celery)."""
     return WebhookReceiver(
         settings,
         send_batch or celery_sender(settings),
         ready_checks if ready_checks is not None else default_ready_checks(settings),
+        collectors if collectors is not None else default_collectors(settings),
     )
+
+
+def default_collectors(settings: Settings) -> list[Collector]:
+    """Gauges read at scrape time: queue depths (broker) and pipeline state (database)."""
+    from pipeline.queue_metrics import QueueDepthCollector
+
+    return [QueueDepthCollector(settings)]
 
 
 def app_from_env() -> WebhookReceiver:

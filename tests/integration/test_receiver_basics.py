@@ -185,5 +185,7 @@ def test_health_ready_metrics_and_openapi(
     metrics = httpx.get(f"{receiver.url}/metrics").text
     assert 'pipeline_webhook_requests_total{outcome="accepted",reason=""}' in metrics
     assert "pipeline_ingest_batch_size_events_bucket" in metrics
+    assert 'pipeline_queue_depth_messages{queue="ingest"}' in metrics
+    assert "pipeline_queue_depth_up 1.0" in metrics
     spec = httpx.get(f"{receiver.url}/openapi.json").json()
     assert "/webhooks/momento" in spec["paths"]

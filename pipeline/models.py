@@ -18,8 +18,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -158,10 +159,22 @@ class DuplicateDelivery(Base):
 
 
 class Rollup(Base):
-    """Per (cache, topic, window) aggregates, recomputed idempotently by tasks.aggregate."""
+    """Per (cache, topic, window) aggregates, recomputed idempotently by pipeline.aggregation.
+
+    Events fall in windows by event_timestamp, duplicate deliveries by received_at and lost
+    ranges by declared_at. ``published_at`` is set once the window's summary was published.
+    """
 
     __tablename__ = "rollups"
-    __table_args__ = (Index("ix_rollups_window_start", "window_start"),)
+    __table_args__ = (
+        Index("ix_rollups_window_start", "window_start"),
+        Index(
+            "ix_rollups_unpublished",
+            "window_s",
+            "window_start",
+            postgresql_where=text("published_at IS NULL"),
+        ),
+    )
 
     cache: Mapped[str] = mapped_column(String(255), primary_key=True)
     topic: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -184,15 +197,25 @@ class Rollup(Base):
     receive_latency_p95_ms: Mapped[float | None] = mapped_column(Float)
     receive_latency_p99_ms: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class RollupWatermark(Base):
-    """How far roll-ups have read the events table (by id), per window length."""
+    """How far roll-ups of one window length have read one source table, by id.
+
+    ``source`` is events, duplicates or lost. Rows with id <= ``settled_id`` are rolled up for
+    good. Rows up to ``scanned_id`` were rolled up as far as they were visible; rows of the
+    transactions in ``unsettled_xids`` (running at that scan) may still appear below it, so they
+    are looked for once those transactions end (see pipeline.watermark).
+    """
 
     __tablename__ = "rollup_watermarks"
 
     window_s: Mapped[int] = mapped_column(Integer, primary_key=True)
-    last_event_id: Mapped[int] = mapped_column(BigInteger)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    settled_id: Mapped[int] = mapped_column(BigInteger)
+    scanned_id: Mapped[int] = mapped_column(BigInteger)
+    unsettled_xids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -48,9 +48,12 @@ def upgrade() -> None:
     op.create_index('ix_lost_ranges_topic_epoch', 'lost_ranges', ['cache', 'topic', 'epoch', 'first_seq'], unique=False)
     op.create_table('rollup_watermarks',
     sa.Column('window_s', sa.Integer(), nullable=False),
-    sa.Column('last_event_id', sa.BigInteger(), nullable=False),
+    sa.Column('source', sa.String(length=16), nullable=False),
+    sa.Column('settled_id', sa.BigInteger(), nullable=False),
+    sa.Column('scanned_id', sa.BigInteger(), nullable=False),
+    sa.Column('unsettled_xids', postgresql.ARRAY(sa.BigInteger()), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('window_s', name=op.f('pk_rollup_watermarks'))
+    sa.PrimaryKeyConstraint('window_s', 'source', name=op.f('pk_rollup_watermarks'))
     )
     op.create_table('rollups',
     sa.Column('cache', sa.String(length=255), nullable=False),
@@ -74,8 +77,10 @@ def upgrade() -> None:
     sa.Column('receive_latency_p95_ms', sa.Float(), nullable=True),
     sa.Column('receive_latency_p99_ms', sa.Float(), nullable=True),
     sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('published_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('cache', 'topic', 'window_s', 'window_start', name=op.f('pk_rollups'))
     )
+    op.create_index('ix_rollups_unpublished', 'rollups', ['window_s', 'window_start'], unique=False, postgresql_where=sa.text('published_at IS NULL'))
     op.create_index('ix_rollups_window_start', 'rollups', ['window_start'], unique=False)
     op.create_table('topic_cursors',
     sa.Column('cache', sa.String(length=255), nullable=False),
@@ -96,6 +101,7 @@ def downgrade() -> None:
     op.drop_column('events', 'epoch')
     op.drop_table('topic_cursors')
     op.drop_index('ix_rollups_window_start', table_name='rollups')
+    op.drop_index('ix_rollups_unpublished', table_name='rollups', postgresql_where=sa.text('published_at IS NULL'))
     op.drop_table('rollups')
     op.drop_table('rollup_watermarks')
     op.drop_index('ix_lost_ranges_topic_epoch', table_name='lost_ranges')

@@ -163,10 +163,9 @@ class PubsubServicer(pubsub_grpc.PubsubServicer):
                 "request_size_limit_exceeded",
             )
         try:
-            topic = self._store.topic(request.cache_name, request.topic)
+            topic, published = self._store.publish(request.cache_name, request.topic, request.value)
         except CacheNotFound:
             _not_found(context, request.cache_name)
-        published = topic.publish(request.value)
         if published is not None:
             self._on_publish(topic, request.value, published)
         return common_pb2._Empty()
@@ -174,9 +173,7 @@ class PubsubServicer(pubsub_grpc.PubsubServicer):
     def Subscribe(self, request: Any, context: Context) -> Iterator[pubsub_pb._SubscriptionItem]:
         _require_name(context, "cache_name", request.cache_name)
         _require_name(context, "topic", request.topic)
-        try:
-            topic = self._store.topic(request.cache_name, request.topic)
-        except CacheNotFound:
+        if self._store.find_cache(request.cache_name) is None:
             _not_found(context, request.cache_name)
         with self._lock:
             if self._streams >= self._limits.max_subscriptions:
@@ -191,11 +188,17 @@ class PubsubServicer(pubsub_grpc.PubsubServicer):
                 f"at most {self._limits.max_subscriptions} subscriptions",
                 "topic_subscriptions_limit_exceeded",
             )
-        mailbox = topic.attach(
-            request.resume_at_topic_sequence_number,
-            request.sequence_page,
-            self._limits.subscriber_queue,
-        )
+        try:
+            topic, mailbox = self._store.attach(
+                request.cache_name,
+                request.topic,
+                request.resume_at_topic_sequence_number,
+                request.sequence_page,
+                self._limits.subscriber_queue,
+            )
+        except CacheNotFound:
+            self._release()
+            _not_found(context, request.cache_name)
         attachment = _Attachment(topic, mailbox, self._release)
         if not context.add_callback(attachment.close):
             attachment.close()

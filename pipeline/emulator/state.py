@@ -7,8 +7,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from pipeline.emulator.topics import Topic
+from pipeline.emulator.topics import Mailbox, Published, Topic, TopicRetired
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,11 @@ class Store:
         with self._lock:
             self._cache(name).items.clear()
 
+    def find_cache(self, name: str) -> Cache | None:
+        """The cache if it exists."""
+        with self._lock:
+            return self._caches.get(name)
+
     def list_caches(self) -> list[str]:
         """Names of all caches, sorted."""
         with self._lock:
@@ -116,6 +122,26 @@ class Store:
                 topics[name] = topic
             return topic
 
+    def publish(self, cache: str, name: str, value: Any) -> tuple[Topic, Published | None]:
+        """Publish to the current incarnation of a topic (see ``sweep``)."""
+        while True:
+            topic = self.topic(cache, name)
+            try:
+                return topic, topic.publish(value)
+            except TopicRetired:
+                continue  # swept between lookup and use: the next lookup makes a new one
+
+    def attach(
+        self, cache: str, name: str, resume_at: int, resume_page: int, capacity: int
+    ) -> tuple[Topic, Mailbox]:
+        """Attach a subscriber to the current incarnation of a topic."""
+        while True:
+            topic = self.topic(cache, name)
+            try:
+                return topic, topic.attach(resume_at, resume_page, capacity)
+            except TopicRetired:
+                continue
+
     def find_topic(self, cache: str, name: str) -> Topic | None:
         """The topic if it exists now, without creating it."""
         with self._lock:
@@ -139,7 +165,7 @@ class Store:
                 if idle_s <= 0:
                     continue
                 for name, topic in list(cache.topics.items()):
-                    if topic.subscriber_count == 0 and topic.idle_for(now) >= idle_s:
+                    if topic.try_retire(now, idle_s):
                         del cache.topics[name]
 
     def _cache(self, name: str) -> Cache:

@@ -40,6 +40,10 @@ def discontinuity(last: int, new: int, page: int) -> Entry:
     )
 
 
+class TopicRetired(Exception):
+    """The topic was forgotten while idle; look it up again to get its new incarnation."""
+
+
 @dataclass(frozen=True)
 class Published:
     """What a publish was assigned: its number, page and server receive time (epoch ms)."""
@@ -134,6 +138,7 @@ class Topic:
         self._subscribers: set[Mailbox] = set()
         self._last_active = clock()
         self.closed = False
+        self._retired = False
 
     @property
     def subscriber_count(self) -> int:
@@ -147,6 +152,8 @@ class Topic:
     def publish(self, value: pb._TopicValue) -> Published | None:
         """Number, retain and fan out a message; ``None`` if the topic is closed."""
         with self._lock:
+            if self._retired:
+                raise TopicRetired(self.name)
             if self.closed:
                 return None
             now = self._clock()
@@ -166,6 +173,8 @@ class Topic:
     def attach(self, resume_at: int, resume_page: int, capacity: int) -> Mailbox:
         """Register a subscriber and queue its replay in one atomic step (MOMENTO.md C.4)."""
         with self._lock:
+            if self._retired:
+                raise TopicRetired(self.name)
             now = self._clock()
             self._maybe_idle_reset(now)
             self._last_active = now
@@ -180,6 +189,14 @@ class Topic:
         with self._lock:
             self._subscribers.discard(mailbox)
             self._last_active = self._clock()
+
+    def try_retire(self, now: float, idle_s: float) -> bool:
+        """Retire the topic if nobody is attached and it was idle for ``idle_s``."""
+        with self._lock:
+            if self._subscribers or now - self._last_active < idle_s:
+                return False
+            self._retired = True
+            return True
 
     def reset(self, reason: str) -> int:
         """Restart numbering under a new page; attached subscribers get a discontinuity."""

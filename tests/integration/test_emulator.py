@@ -32,6 +32,8 @@ from momento_wire_types import cachepubsub_pb2_grpc as pb_grpc
 
 from pipeline.emulator import EmulatorServer
 from pipeline.emulator.command import emulator as emulator_command
+from pipeline.emulator.state import Store, TopicSettings
+from pipeline.emulator.topics import TopicRetired
 from tests.integration.emulator_support import (
     cache_client,
     cache_client_async,
@@ -284,7 +286,7 @@ def test_slow_subscriber_overflow_gets_a_discontinuity_and_idle_reset_changes_pa
         old_page = topic.page
         topic.detach(mailbox)
         time.sleep(1.2)
-        published = topic.publish(pb._TopicValue(text="after-idle"))
+        _, published = server.store.publish(CACHE, "slow", pb._TopicValue(text="after-idle"))
     assert first is not None
     assert len(first) == 10
     assert second is not None
@@ -351,3 +353,20 @@ def test_command_help_documents_every_option() -> None:
             continue
         assert param.opts[0] in result.output
         assert getattr(param, "help", None), f"{param.opts[0]} has no help text"
+
+
+def test_sweep_retires_idle_topics_and_late_users_get_the_new_incarnation() -> None:
+    now = [1000.0]
+    store = Store(TopicSettings(retain=10, fresh_replay=1, idle_reset_s=60), clock=lambda: now[0])
+    store.create_cache(CACHE)
+    _, first = store.publish(CACHE, "t", pb._TopicValue(text="a"))
+    stale = store.topic(CACHE, "t")
+    now[0] += 61
+    store.sweep()
+    with pytest.raises(TopicRetired):
+        stale.publish(pb._TopicValue(text="lost?"))
+    _, second = store.publish(CACHE, "t", pb._TopicValue(text="b"))
+    assert first is not None
+    assert second is not None
+    assert second.sequence_number == 1
+    assert second.sequence_page != first.sequence_page

@@ -17,7 +17,7 @@ from pipeline.config import Settings, get_settings
 from pipeline.services import DEFAULT_BROKER_PORT, EmbeddedBroker
 
 QUEUES = ("ingest", "sequence", "workflows", "publish", "aggregate")
-TASK_MODULES = ("tasks.ingest", "tasks.sequence")
+TASK_MODULES = ("tasks.ingest", "tasks.sequence", "tasks.workflows", "tasks.publish")
 
 # Worst case a task waits before its broker message is acked: the hard time limit of one run.
 TASK_TIME_LIMIT_S = 300
@@ -36,8 +36,13 @@ def broker_url(settings: Settings) -> str:
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """Periodic jobs; run exactly one `pipeline beat` per deployment."""
     tick_s = max(0.5, settings.pipeline_reorder_window_s / 2)
+    drain_s = settings.pipeline_outbox_drain_s
     return {
         "sequence-tick": {"task": "tasks.sequence.tick", "schedule": tick_s},
+        # Safety nets: workflows send their outbox rows right after commit, and ingest hands
+        # events over right after its commit; these catch what a crash in between left behind.
+        "outbox-drain": {"task": "tasks.publish.drain", "schedule": drain_s},
+        "workflows-sweep": {"task": "tasks.workflows.sweep", "schedule": max(1.0, 2 * drain_s)},
     }
 
 

@@ -1,0 +1,334 @@
+"""The routes file (TOML): which workflow runs for which inbound topic, and where results go.
+
+    [[routes]]
+    name = "uppercase"
+    cache = "demo"                      # glob on the inbound cache
+    topic = "topic 1"                   # glob on the inbound topic
+    workflow = "tasks.examples:uppercase"
+    ordered = true                      # run in topic sequence order
+    publish = { cache = "{cache}", topic = "topic 2" }
+    cache_set = { cache = "{cache}", key = "latest:{topic}", ttl_seconds = 600 }
+
+Every route whose globs match an event runs. ``publish`` and ``cache_set`` are templates: they
+may name ``{cache}`` and ``{topic}`` of the inbound event and any field the workflow's result
+carries (see ``pipeline.workflows.output``). A file that cannot be used raises RoutesError naming
+the file, the line and every problem; nothing starts with a bad file.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import string
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Settings
+from pipeline.errors import RoutesError
+
+logger = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+WORKFLOW_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+MAX_TTL_S = 24 * 3600  # Momento's on-demand TTL limit (MOMENTO.md, cache basics)
+ROUTE_KEYS = {"name", "cache", "topic", "workflow", "ordered", "publish", "cache_set"}
+PUBLISH_KEYS = {"cache", "topic"}
+CACHE_SET_KEYS = {"cache", "key", "ttl_seconds"}
+
+
+@dataclass(frozen=True)
+class PublishTarget:
+    """Templates of the outbound (cache, topic)."""
+
+    cache: str
+    topic: str
+
+
+@dataclass(frozen=True)
+class CacheTarget:
+    """Templates of the write-through (cache, key) and its TTL."""
+
+    cache: str
+    key: str
+    ttl_seconds: int
+
+
+@dataclass(frozen=True)
+class Route:
+    """One ``[[routes]]`` table; ``line`` is where it starts in the file."""
+
+    name: str
+    cache: str
+    topic: str
+    workflow: str
+    ordered: bool = False
+    publish: PublishTarget | None = None
+    cache_set: CacheTarget | None = None
+    line: int = 0
+
+    def matches(self, cache: str, topic: str) -> bool:
+        """Whether an event of (cache, topic) runs this route."""
+        return fnmatchcase(cache, self.cache) and fnmatchcase(topic, self.topic)
+
+    def targets(self) -> list[PublishTarget | CacheTarget]:
+        """The outbound targets, with {cache}/{topic} filled in where the route names one exactly.
+
+        Other template fields (a result's) stay as written, e.g. ``weather:{location}``.
+        """
+        known = {
+            name: value
+            for name, value in (("cache", self.cache), ("topic", self.topic))
+            if not any(ch in value for ch in "*?[")
+        }
+        found: list[PublishTarget | CacheTarget] = []
+        if self.publish is not None:
+            found.append(
+                PublishTarget(_fill(self.publish.cache, known), _fill(self.publish.topic, known))
+            )
+        if self.cache_set is not None:
+            target = self.cache_set
+            found.append(
+                CacheTarget(
+                    _fill(target.cache, known), _fill(target.key, known), target.ttl_seconds
+                )
+            )
+        return found
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """The routes of one file, in file order."""
+
+    routes: tuple[Route, ...] = ()
+    path: Path | None = None
+    _by_name: dict[str, Route] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_name.update({route.name: route for route in self.routes})
+
+    def matching(self, cache: str, topic: str) -> tuple[Route, ...]:
+        """Every route an event of (cache, topic) runs, in file order."""
+        return tuple(route for route in self.routes if route.matches(cache, topic))
+
+    def get(self, name: str) -> Route:
+        """The route called ``name``; RoutesError if the file has none."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise RoutesError(f"{self.path}: no route named {name!r}") from None
+
+    def __len__(self) -> int:
+        return len(self.routes)
+
+    def __iter__(self) -> Iterator[Route]:
+        return iter(self.routes)
+
+
+def template_fields(template: str) -> list[str]:
+    """Field names a template uses; ValueError for positional fields, formats or bad braces."""
+    names = []
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not name.isidentifier():
+            raise ValueError(f"template field {{{name}}} must be a name like {{topic}}")
+        if spec or conversion:
+            raise ValueError(f"template field {{{name}}} may not carry a format or conversion")
+        names.append(name)
+    return names
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    """Fill only the fields ``values`` has; leave the others as written."""
+    return string.Formatter().vformat(template, (), _Partial(values))
+
+
+class _Partial(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """Fill a template; ValueError naming the field a result did not provide."""
+    try:
+        return template.format_map(values)
+    except KeyError as exc:
+        raise ValueError(
+            f"template {template!r} needs field {exc.args[0]!r}; the result has {sorted(values)}"
+        ) from None
+
+
+class _Problems:
+    """Collects problems with their lines, so one error names all of them."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+        self.headers = [
+            i + 1
+            for i, line in enumerate(self.lines)
+            if re.match(r"^\s*\[\[\s*routes\s*\]\]", line)
+        ]
+        self.found: list[str] = []
+
+    def route_line(self, index: int) -> int:
+        """Line of the index-th ``[[routes]]`` header (1 if routes are written inline)."""
+        return self.headers[index] if index < len(self.headers) else 1
+
+    def key_line(self, index: int, key: str) -> int:
+        """Line where route ``index`` sets ``key`` (its header line if not found)."""
+        start = self.route_line(index)
+        end = self.headers[index + 1] if index + 1 < len(self.headers) else len(self.lines) + 1
+        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+        for number in range(start, end):
+            if pattern.match(self.lines[number - 1]):
+                return number
+        return start
+
+    def add(self, line: int, message: str) -> None:
+        self.found.append(f"{self.path}:{line}: {message}")
+
+
+def parse_routes(text: str, path: Path, *, resolve: bool = True) -> RouteTable:
+    """Parse and validate a routes file's text; with ``resolve`` also import every workflow."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        found = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        where = f"{found.group(1)}:{found.group(2)}" if found else "1"
+        raise RoutesError(f"{path}:{where}: not valid TOML: {exc}") from exc
+    problems = _Problems(path, text)
+    unknown = sorted(set(data) - {"routes"})
+    if unknown:
+        problems.add(1, f"unknown top-level key(s) {unknown}; a routes file holds [[routes]]")
+    raw = data.get("routes", [])
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        problems.add(1, "routes must be an array of tables ([[routes]])")
+        raw = []
+    routes: list[Route] = []
+    names: set[str] = set()
+    for index, item in enumerate(raw):
+        route = _route(item, index, problems, resolve)
+        if route is None:
+            continue
+        if route.name in names:
+            problems.add(route.line, f"route name {route.name!r} is used twice")
+        names.add(route.name)
+        routes.append(route)
+    if problems.found:
+        raise RoutesError("\n".join(problems.found))
+    return RouteTable(tuple(routes), path)
+
+
+def _route(item: dict[str, Any], index: int, problems: _Problems, resolve: bool) -> Route | None:
+    before = len(problems.found)
+    line = problems.route_line(index)
+    name = item.get("name")
+    label = f"route {name!r}" if isinstance(name, str) else f"route #{index + 1}"
+
+    def bad(key: str, message: str) -> None:
+        problems.add(problems.key_line(index, key), f"{label}: {message}")
+
+    for key in sorted(set(item) - ROUTE_KEYS):
+        bad(key, f"unknown key {key!r}; known: {sorted(ROUTE_KEYS)}")
+    for key in ("name", "cache", "topic", "workflow"):
+        if not isinstance(item.get(key), str) or not item[key]:
+            bad(key, f"{key} must be a non-empty string, got {item.get(key)!r}")
+    if isinstance(name, str) and name and not NAME_RE.match(name):
+        bad("name", f"name must match {NAME_RE.pattern}, got {name!r}")
+    workflow = item.get("workflow")
+    if isinstance(workflow, str) and workflow:
+        if not WORKFLOW_RE.match(workflow):
+            bad("workflow", f"workflow must be 'module:attribute', got {workflow!r}")
+        elif resolve:
+            try:
+                from pipeline.workflows import resolve_workflow
+
+                resolve_workflow(workflow)
+            except (ImportError, AttributeError, TypeError) as exc:
+                bad("workflow", f"workflow {workflow!r} cannot be used: {exc}")
+    ordered = item.get("ordered", False)
+    if not isinstance(ordered, bool):
+        bad("ordered", f"ordered must be true or false, got {ordered!r}")
+    publish = _table(item, "publish", PUBLISH_KEYS, PUBLISH_KEYS, bad)
+    cache_set = _table(item, "cache_set", CACHE_SET_KEYS, CACHE_SET_KEYS, bad)
+    ttl = cache_set.get("ttl_seconds") if cache_set else None
+    if cache_set and (
+        not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL_S
+    ):
+        bad("cache_set", f"cache_set.ttl_seconds must be an integer in 1..{MAX_TTL_S}, got {ttl!r}")
+    if len(problems.found) > before:
+        return None
+    return Route(
+        name=str(name),
+        cache=str(item["cache"]),
+        topic=str(item["topic"]),
+        workflow=str(workflow),
+        ordered=bool(ordered),
+        publish=PublishTarget(**publish) if publish else None,
+        cache_set=CacheTarget(**cache_set) if cache_set else None,
+        line=line,
+    )
+
+
+def _table(
+    item: dict[str, Any], key: str, required: set[str], known: set[str], bad: Any
+) -> dict[str, Any] | None:
+    """Validate an optional inline table of templates; None when absent or invalid."""
+    if key not in item:
+        return None
+    table = item[key]
+    if not isinstance(table, dict):
+        bad(key, f"{key} must be a table like {{ {', '.join(sorted(required))} }}")
+        return None
+    ok = True
+    for extra in sorted(set(table) - known):
+        bad(key, f"{key} has unknown key {extra!r}; known: {sorted(known)}")
+        ok = False
+    for name in sorted(required - {"ttl_seconds"}):
+        value = table.get(name)
+        if not isinstance(value, str) or not value:
+            bad(key, f"{key}.{name} must be a non-empty string, got {value!r}")
+            ok = False
+            continue
+        try:
+            template_fields(value)
+        except ValueError as exc:
+            bad(key, f"{key}.{name} {value!r}: {exc}")
+            ok = False
+    return table if ok else None
+
+
+def load_routes(path: Path, *, resolve: bool = True, required: bool = True) -> RouteTable:
+    """Read and validate a routes file; a missing file is an error only when ``required``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if required:
+            raise RoutesError(f"{path}: routes file not found") from None
+        logger.info("no routes file path=%s: events are stored, no workflows run", path)
+        return RouteTable((), path)
+    except OSError as exc:
+        raise RoutesError(f"{path}: cannot read routes file: {exc}") from exc
+    table = parse_routes(text, path, resolve=resolve)
+    logger.info("routes loaded path=%s routes=%d", path, len(table))
+    return table
+
+
+@cache
+def _cached(path: Path, required: bool) -> RouteTable:
+    return load_routes(path, required=required)
+
+
+def routes_for(settings: Settings) -> RouteTable:
+    """The process's routes (PIPELINE_ROUTES), loaded and checked once.
+
+    The default ``routes.toml`` may be absent (no workflows run); a path set explicitly must exist.
+    """
+    required = "pipeline_routes" in settings.model_fields_set
+    return _cached(settings.pipeline_routes.resolve(), required)

@@ -1,0 +1,274 @@
+"""The workflow stage: runs routes' workflows and commits each result with its outbox rows.
+
+Unordered routes run one event per task, on any worker. Ordered routes are driven per topic by
+``drive_topic``: whoever holds the topic's advisory lock runs the released events one after the
+other (a task workflow in place; a canvas is started and its final callback, ``complete``, moves
+the cursor and drives on). Failures are retried with backoff, then dead-lettered (kind
+"workflow") and skipped, so one bad event cannot stall a topic forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from celery import Celery
+from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from pipeline import ordering
+from pipeline.config import Settings
+from pipeline.models import WorkflowRun
+from pipeline.outbox import dead_letter, outbox_rows, resolve_dead_letters, write_rows
+from pipeline.publisher import Publisher, lock_id
+from pipeline.routes import Route, RouteTable
+from pipeline.workflows import event_view, parse_output, resolve_workflow
+
+logger = logging.getLogger(__name__)
+
+Outcome = Literal["done", "started", "retry", "dead", "missing"]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A task workflow's run: its outbox rows, or why it failed and whether to retry."""
+
+    rows: list[dict[str, Any]]
+    error: str | None = None
+    retry: bool = False
+
+
+def backoff_s(attempt: int) -> float:
+    """Seconds before retry number ``attempt`` (1, 2, 4 … capped at 60, with jitter)."""
+    return float(min(60.0, 2.0 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2))
+
+
+def finish_run(conn: Connection, route: str, event_id: int, status: str) -> None:
+    """Record how a dispatched run ended (no row exists for ordered runs: nothing happens)."""
+    conn.execute(
+        update(WorkflowRun)
+        .where(WorkflowRun.route == route, WorkflowRun.event_id == event_id)
+        .values(status=status, finished_at=func.now())
+    )
+
+
+def claim_runs(
+    conn: Connection, pairs: list[tuple[str, int]], *, again: bool
+) -> list[tuple[str, int]]:
+    """Record runs about to be dispatched; returns the pairs not already recorded (all if again)."""
+    if not pairs:
+        return []
+    stmt = pg_insert(WorkflowRun).values(
+        [{"route": r, "event_id": e, "status": "running"} for r, e in pairs]
+    )
+    if again:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["route", "event_id"],
+            set_={"status": "running", "started_at": func.now(), "finished_at": None},
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing()
+    rows = conn.execute(stmt.returning(WorkflowRun.route, WorkflowRun.event_id)).all()
+    return [(row.route, row.event_id) for row in rows]
+
+
+class WorkflowRunner:
+    """Runs workflows for one process: routes, database, Celery app (by task name), publisher."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        routes: RouteTable,
+        app: Celery,
+        publisher: Publisher,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.routes = routes
+        self.app = app
+        self.publisher = publisher
+
+    # -- one event (unordered routes, replays) ------------------------------------------------
+
+    def run_event(self, route_name: str, event_id: int, *, replay: bool, attempt: int) -> Outcome:
+        """Run one event's workflow; "retry" asks the caller to try again after a backoff."""
+        route = self.routes.get(route_name)
+        with self.engine.connect() as conn:
+            row = ordering.load_event(conn, event_id)
+        if row is None:
+            logger.warning("event gone route=%s event=%d", route_name, event_id)
+            return "missing"
+        if not resolve_workflow(route.workflow).is_task:
+            self.start_canvas(route, row, replay=replay)
+            return "started"
+        result = self.attempt(route, row)
+        if result.error is not None:
+            max_attempts = self.settings.pipeline_workflow_max_attempts
+            if result.retry and attempt + 1 < max_attempts:
+                return "retry"
+            self.fail(route_name, event_id, result.error, replay=replay)
+            return "dead"
+        self._commit(route, row, result.rows, replay=replay, ordered_step=False)
+        return "done"
+
+    def attempt(self, route: Route, row: Any) -> Attempt:
+        """Call a task workflow here and turn its result into outbox rows."""
+        event = event_view(row)
+        try:
+            value = resolve_workflow(route.workflow).call(event)
+        except Exception as exc:  # user code: any failure is retried, then dead-lettered
+            logger.warning("workflow failed route=%s event=%d error=%r", route.name, row.id, exc)
+            return Attempt([], f"workflow raised {exc!r}", retry=True)
+        try:
+            return Attempt(outbox_rows(route, event, parse_output(value)))
+        except ValueError as exc:  # a result no retry can make usable
+            return Attempt([], f"bad workflow result: {exc}")
+
+    def start_canvas(self, route: Route, row: Any, *, replay: bool) -> None:
+        """Start a canvas workflow with ``complete`` as its last step and ``failed`` on error."""
+        args = (route.name, int(row.id), replay)
+        canvas = resolve_workflow(route.workflow).canvas(event_view(row))
+        chained = canvas | self.app.signature("tasks.workflows.complete", args=args)
+        chained.link_error(self.app.signature("tasks.workflows.failed", args=args))
+        chained.apply_async()
+
+    def complete(self, result: Any, route_name: str, event_id: int, *, replay: bool) -> None:
+        """A canvas finished: commit the result and outbox rows (and move an ordered cursor)."""
+        route = self.routes.get(route_name)
+        with self.engine.connect() as conn:
+            row = ordering.load_event(conn, event_id)
+        if row is None:
+            return
+        try:
+            rows = outbox_rows(route, event_view(row), parse_output(result))
+        except ValueError as exc:
+            self.fail(route_name, event_id, f"bad workflow result: {exc}", replay=replay)
+            return
+        ordered = route.ordered and not replay
+        self._commit(route, row, rows, replay=replay, ordered_step=ordered, inflight=True)
+        if ordered:
+            self.drive_topic(route, row.cache, row.topic)
+
+    def fail(
+        self, route_name: str, event_id: int, reason: str, *, replay: bool, drive: bool = True
+    ) -> None:
+        """Dead-letter a run that cannot succeed; an ordered topic moves on past it."""
+        route = self.routes.get(route_name)
+        with self.engine.begin() as conn:
+            row = ordering.load_event(conn, event_id)
+            payload = {"route": route_name, "event_id": event_id}
+            if row is not None:
+                payload |= {
+                    "cache": row.cache,
+                    "topic": row.topic,
+                    "seq": row.topic_sequence_number,
+                }
+            dead_letter(conn, "workflow", reason, payload)
+            if route.ordered and not replay and row is not None:
+                ordering.move_past(conn, route_name, row, expect_inflight=False)
+            else:
+                finish_run(conn, route_name, event_id, "failed")
+        logger.warning("workflow dead route=%s event=%d reason=%s", route_name, event_id, reason)
+        if drive and route.ordered and not replay and row is not None:
+            self.drive_topic(route, row.cache, row.topic)
+
+    def _commit(
+        self,
+        route: Route,
+        row: Any,
+        rows: list[dict[str, Any]],
+        *,
+        replay: bool,
+        ordered_step: bool,
+        inflight: bool = False,
+    ) -> None:
+        with self.engine.begin() as conn:
+            ids = write_rows(conn, route.name, row.id, rows, revive=replay)
+            if ordered_step:
+                ordering.move_past(conn, route.name, row, expect_inflight=inflight)
+            else:
+                finish_run(conn, route.name, row.id, "done")
+            if replay:
+                for kind in ("workflow", "publish"):
+                    resolve_dead_letters(conn, kind, route.name, row.id)
+        report = self.publisher.send_ids(ids)
+        if report.retry_in_s is not None:
+            self.app.send_task("tasks.publish.drain", countdown=report.retry_in_s)
+
+    # -- ordered topics --------------------------------------------------------------------------
+
+    def drive_topic(self, route: Route, cache: str, topic: str) -> int:
+        """Run a topic's released events in order while this process holds the topic's lock.
+
+        Returns how many ran. After letting the lock go it looks once more for work, so an event
+        released while it was finishing is never left waiting for the periodic sweep.
+        """
+        lock = lock_id("route", f"{route.name}\x1f{cache}\x1f{topic}")
+        ran = 0
+        with self.engine.connect() as conn:
+            while True:
+                locked = bool(conn.execute(select(func.pg_try_advisory_lock(lock))).scalar())
+                conn.commit()
+                if not locked:
+                    return ran
+                try:
+                    ran += self._drive_locked(conn, route, cache, topic)
+                finally:
+                    conn.execute(select(func.pg_advisory_unlock(lock)))
+                    conn.commit()
+                if not self.has_work(conn, route, cache, topic):
+                    return ran
+
+    def has_work(self, conn: Connection, route: Route, cache: str, topic: str) -> bool:
+        """Whether a topic has an event to run now (or a stalled canvas to restart)."""
+        with conn.begin():
+            return self._due(conn, route, cache, topic)[0] is not None
+
+    def _due(self, conn: Connection, route: Route, cache: str, topic: str) -> tuple[Any, int]:
+        """Lock the cursor; return the event to run now (or None) and its failed attempts."""
+        at = ordering.lock_cursor(conn, route.name, cache, topic)
+        if at.inflight_event_id is not None:
+            since = at.inflight_since or at.now
+            if (at.now - since).total_seconds() < self.settings.pipeline_workflow_stall_s:
+                return None, at.attempts
+            logger.warning(
+                "canvas stalled route=%s topic=%s event=%d",
+                route.name,
+                topic,
+                at.inflight_event_id,
+            )
+            return ordering.load_event(conn, at.inflight_event_id), at.attempts
+        if at.retry_at is not None and at.retry_at > at.now:
+            return None, at.attempts
+        return ordering.next_event(conn, cache, topic, at), at.attempts
+
+    def _drive_locked(self, conn: Connection, route: Route, cache: str, topic: str) -> int:
+        ran = 0
+        is_task = resolve_workflow(route.workflow).is_task
+        while True:
+            with conn.begin():
+                row, attempts = self._due(conn, route, cache, topic)
+                if row is None:
+                    return ran
+                if not is_task:
+                    ordering.mark_inflight(conn, route.name, row)
+            if not is_task:
+                self.start_canvas(route, row, replay=False)
+                return ran
+            result = self.attempt(route, row)
+            if result.error is None:
+                self._commit(route, row, result.rows, replay=False, ordered_step=True)
+            elif result.retry and attempts + 1 < self.settings.pipeline_workflow_max_attempts:
+                delay_s = backoff_s(attempts + 1)
+                with conn.begin():
+                    ordering.hold_for_retry(conn, route.name, row, delay_s)
+                self.app.send_task(
+                    "tasks.workflows.advance", args=(route.name, cache, topic), countdown=delay_s
+                )
+                return ran
+            else:
+                self.fail(route.name, row.id, result.error, replay=False, drive=False)
+            ran += 1

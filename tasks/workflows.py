@@ -1,0 +1,94 @@
+"""Workflow-stage tasks: run routes' workflows, finish canvases, sweep for lost hand-overs."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_init
+from celery.utils.log import get_task_logger
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from pipeline.celery_app import app
+from pipeline.config import get_settings
+from pipeline.db import get_engine
+from pipeline.dispatch import sweep as sweep_lost
+from pipeline.errors import RoutesError
+from pipeline.publisher import Publisher
+from pipeline.routes import routes_for
+from pipeline.runner import WorkflowRunner, backoff_s
+
+logger = get_task_logger(__name__)
+
+DB_ERRORS = (OperationalError, InterfaceError)
+RETRY = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": DB_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": None,
+}
+
+
+@worker_init.connect
+def _check_routes(**_: Any) -> None:
+    """A bad routes file stops the worker at start (Celery logs other signal errors and goes on)."""
+    try:
+        routes_for(get_settings())
+    except RoutesError as exc:
+        logger.critical("routes file unusable:\n%s", exc)
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from exc
+
+
+@cache
+def runner() -> WorkflowRunner:
+    """This process's runner (built on first use, so after the prefork pool forked)."""
+    settings = get_settings()
+    engine = get_engine(settings)
+    publisher = Publisher(settings, engine)
+    return WorkflowRunner(settings, engine, routes_for(settings), app, publisher)
+
+
+@app.task(bind=True, name="tasks.workflows.run", **RETRY)
+def run(self: Task, route: str, event_id: int, replay: bool = False) -> str:
+    """Run one event's workflow for an unordered route (or any route, for a replay)."""
+    outcome = runner().run_event(route, event_id, replay=replay, attempt=self.request.retries)
+    if outcome == "retry":
+        delay_s = backoff_s(self.request.retries + 1)
+        raise self.retry(countdown=delay_s, max_retries=None)
+    return outcome
+
+
+@app.task(name="tasks.workflows.advance", **RETRY)
+def advance(route: str, cache: str, topic: str) -> int:
+    """Run an ordered route's released events of one topic, in order; returns how many ran."""
+    stage = runner()
+    return stage.drive_topic(stage.routes.get(route), cache, topic)
+
+
+@app.task(name="tasks.workflows.complete", **RETRY)
+def complete(result: Any, route: str, event_id: int, replay: bool = False) -> None:
+    """Last step of every canvas workflow: commit its result with the outbox rows."""
+    runner().complete(result, route, event_id, replay=replay)
+
+
+@app.task(name="tasks.workflows.failed", **RETRY)
+def failed(
+    request: Any, exc: BaseException, traceback: Any, route: str, event_id: int, replay: bool
+) -> None:
+    """Error callback of a canvas workflow: dead-letter the run (an ordered topic moves on)."""
+    runner().fail(route, event_id, f"canvas failed: {exc!r}", replay=replay)
+
+
+@app.task(name="tasks.workflows.sweep", acks_late=True, expires=30, ignore_result=True)
+def sweep() -> dict[str, int]:
+    """Beat: dispatch events a crash kept from the workflow stage, and restart stalled runs."""
+    stage = runner()
+    stall = timedelta(seconds=stage.settings.pipeline_workflow_stall_s)
+    return sweep_lost(app, stage.engine, stage.routes, stall)

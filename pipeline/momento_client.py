@@ -525,7 +525,7 @@ class ResilientSubscription(_Base):
 
     def _watch(self) -> None:
         interval_s = min(1.0, self._stall_timeout_s / 4)
-        while not self._closed.wait(interval_s):
+        while not self._closed.wait(interval_s) and self._threads[0].is_alive():
             since = self._reading_since
             if since is None or time.monotonic() - since <= self._stall_timeout_s:
                 continue

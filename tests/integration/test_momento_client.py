@@ -54,6 +54,12 @@ async def poll_events_async(
     return events
 
 
+def poll_until_failure(sub: mc.ResilientSubscription, timeout_s: float) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        sub.poll(0.2)
+
+
 def values(events: list[object]) -> list[object]:
     return [e.value for e in events if isinstance(e, mc.Message)]
 
@@ -237,3 +243,23 @@ def test_close_from_another_thread_stops_promptly_without_spinning(emu: Emulator
     assert not consumer.is_alive()
     assert closed_in_s < 2
     assert cpu_spent < 0.5, f"{cpu_spent:.2f} s of CPU in 1 s after close: something spins"
+
+
+@pytest.mark.timeout(30)
+def test_subscription_gives_up_after_the_reconnect_timeout_with_a_transient_error() -> None:
+    server = EmulatorServer(port=0, admin_port=None).start()
+    server.create_cache(CACHE)
+    try:
+        with mc.topic_client(settings_for(server.port)) as topics:
+            sub = mc.ResilientSubscription(topics, CACHE, "doomed", reconnect_timeout_s=1.0)
+            with sub.start():
+                server.stop()
+                started = time.monotonic()
+                with pytest.raises(MomentoError) as failure:
+                    poll_until_failure(sub, 15)
+                gave_up_after_s = time.monotonic() - started
+    finally:
+        server.stop()
+    assert failure.value.transient is True
+    assert "lost for more than 1 s" in str(failure.value)
+    assert gave_up_after_s < 5

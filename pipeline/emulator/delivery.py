@@ -22,9 +22,6 @@ from pipeline.emulator.webhooks import WebhookRegistry, build_body, headers
 
 logger = logging.getLogger(__name__)
 
-REORDER_STAGGER_S = 0.01
-"""Released reordered deliveries go out this far apart, so receivers see the shuffled order."""
-
 
 @dataclass(frozen=True)
 class Delivery:
@@ -72,7 +69,7 @@ class Dispatcher:
         self._pending = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
-        self._release_at: dict[tuple[str, str], float] = {}
+        self._chains: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._stats: defaultdict[tuple[str, str], DeliveryStats] = defaultdict(DeliveryStats)
         self._client: httpx.AsyncClient | None = None
 
@@ -106,34 +103,23 @@ class Dispatcher:
     def _accept(self, delivery: Delivery) -> None:
         plan = self._faults.plan(delivery.cache, delivery.topic)
         if plan is None:
-            self._schedule(delivery, 1, 0.0)
+            self._spawn([delivery], 0.0, ordered=False)
             return
         self._release(plan, plan.reorder(delivery))
         self._arm_flush(plan, delivery)
 
     def _release(self, plan: FaultPlan[Delivery], items: list[Delivery]) -> None:
-        """Send released reordered items one stagger apart, after any earlier release."""
-        if not items:
-            return
-        key = (items[0].cache, items[0].topic)
-        now = self._loop.loop.time()
-        at = self._release_at.get(key, now)
+        """Apply drop/duplicate to released items and send them (in this order if reordering)."""
+        jobs: list[Delivery] = []
         for item in items:
-            at = max(now, at + REORDER_STAGGER_S)
-            self._decide(plan, item, at - now)
-        self._release_at[key] = at
-
-    def _decide(
-        self, plan: FaultPlan[Delivery], delivery: Delivery, stagger_s: float = 0.0
-    ) -> None:
-        decision = plan.decide()
-        stats = self._stats[(delivery.cache, delivery.topic)]
-        if decision.copies == 0:
-            stats.dropped += 1
-            return
-        if decision.copies > 1:
-            stats.duplicated += decision.copies - 1
-        self._schedule(delivery, decision.copies, decision.delay_s + stagger_s)
+            decision = plan.decide()
+            stats = self._stats[(item.cache, item.topic)]
+            if decision.copies == 0:
+                stats.dropped += 1
+            stats.duplicated += max(decision.copies - 1, 0)
+            jobs.extend([item] * decision.copies)
+        if jobs:
+            self._spawn(jobs, plan.spec.delay_ms / 1000.0, ordered=plan.spec.reorder_window > 1)
 
     def _arm_flush(self, plan: FaultPlan[Delivery], delivery: Delivery) -> None:
         key = (delivery.cache, delivery.topic)
@@ -149,23 +135,53 @@ class Dispatcher:
         self._flush_timers.pop(key, None)
         self._release(plan, plan.drain())
 
-    def _schedule(self, delivery: Delivery, copies: int, delay_s: float) -> None:
-        for _ in range(copies):
+    def _spawn(self, jobs: list[Delivery], delay_s: float, *, ordered: bool) -> None:
+        """Start deliveries: concurrently, or (reordering) one after another per topic.
+
+        Reordered deliveries go out sequentially so the receiver sees the shuffled order
+        itself, not whatever order concurrent connections happen to land in.
+        """
+        admitted = []
+        for job in jobs:
             if self._pending >= self._max_pending:
-                self._stats[(delivery.cache, delivery.topic)].overloaded += 1
-                continue
-            self._pending += 1
-            task = self._loop.loop.create_task(self._send(delivery, delay_s))
+                self._stats[(job.cache, job.topic)].overloaded += 1
+            else:
+                self._pending += 1
+                admitted.append(job)
+        if not admitted:
+            return
+        due = self._loop.loop.time() + delay_s
+        key = (admitted[0].cache, admitted[0].topic)
+        batches = [admitted] if ordered else [[job] for job in admitted]
+        for batch in batches:
+            previous = self._chains.get(key) if ordered else None
+            task = self._loop.loop.create_task(self._send(batch, due, previous))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            if ordered:
+                self._chains[key] = task
+                task.add_done_callback(lambda done: self._forget_chain(key, done))
 
-    async def _send(self, delivery: Delivery, delay_s: float) -> None:
+    def _forget_chain(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        if self._chains.get(key) is task:
+            del self._chains[key]
+
+    async def _send(
+        self, jobs: list[Delivery], due: float, previous: asyncio.Task[None] | None
+    ) -> None:
+        remaining = len(jobs)
         try:
-            if delay_s > 0:
-                await asyncio.sleep(delay_s)
-            await self._post(delivery)
+            if previous is not None:
+                await asyncio.wait([previous])
+            wait_s = due - self._loop.loop.time()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            for job in jobs:
+                await self._post(job)
+                remaining -= 1
+                self._pending -= 1
         finally:
-            self._pending -= 1
+            self._pending -= remaining
 
     async def _post(self, delivery: Delivery) -> None:
         hook = self._registry.get(delivery.cache, delivery.topic)

@@ -14,7 +14,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -234,25 +234,35 @@ def describe(stack: Stack) -> list[str]:
     return [*lines, *stack.notes]
 
 
-def prepare_routes(stack: Stack) -> None:
-    """Create the routes' caches and point their exact-topic webhooks at the receiver (local only).
+def _exact(name: str) -> bool:
+    return not any(ch in name for ch in "*?[{")
 
-    Momento webhooks name one exact topic, so routes with a glob get a note instead.
+
+def prepare_routes(stack: Stack, extra_topics: Iterable[tuple[str, str]] = ()) -> None:
+    """Create the routes' caches and point webhooks at the receiver (local Momento only).
+
+    Momento webhooks name one exact topic: a route whose topic is exact gets its webhook here;
+    a glob route (``room-*``) needs one per concrete topic, passed as ``extra_topics``.
     """
-    try:
-        from pipeline.routes import load_routes
-    except ImportError:
+    from pipeline.routes import load_routes
+
+    if stack.momento_admin_url is None:
         return
     path = stack.settings.pipeline_routes
-    if not path.exists() or stack.momento_admin_url is None:
-        return
-    for route in load_routes(path):
-        caches = {route.cache} | {t.cache for t in route.targets()}
-        for cache in caches:
-            httpx.post(f"{stack.momento_admin_url}/caches/{cache}", timeout=5.0)
-        if any(ch in route.topic for ch in "*?["):
+    routes = list(load_routes(path)) if path.exists() else []
+    caches = {cache for cache, _ in extra_topics}
+    for route in routes:
+        caches |= {t.cache for t in route.targets() if _exact(t.cache)}
+        if _exact(route.cache):
+            caches.add(route.cache)
+    for cache in sorted(caches):
+        httpx.post(f"{stack.momento_admin_url}/caches/{cache}", timeout=5.0).raise_for_status()
+    topics = {(r.cache, r.topic) for r in routes if _exact(r.cache) and _exact(r.topic)}
+    for cache, topic in sorted(topics | set(extra_topics)):
+        register_webhook(stack, cache, topic)
+    for route in routes:
+        if not (_exact(route.cache) and _exact(route.topic)):
             stack.notes.append(
-                f"route {route.name}: topic glob {route.topic!r}; register a webhook per topic"
+                f"route {route.name}: {route.cache}/{route.topic} is a glob; register a webhook "
+                "per concrete topic (admin API PUT /webhooks/CACHE/TOPIC)"
             )
-            continue
-        register_webhook(stack, route.cache, route.topic)

@@ -17,7 +17,13 @@ from pipeline.config import Settings, get_settings
 from pipeline.services import DEFAULT_BROKER_PORT, EmbeddedBroker
 
 QUEUES = ("ingest", "sequence", "workflows", "publish", "aggregate")
-TASK_MODULES = ("tasks.ingest", "tasks.sequence", "tasks.workflows", "tasks.publish")
+TASK_MODULES = (
+    "tasks.ingest",
+    "tasks.sequence",
+    "tasks.workflows",
+    "tasks.publish",
+    "tasks.aggregate",
+)
 
 # Worst case a task waits before its broker message is acked: the hard time limit of one run.
 TASK_TIME_LIMIT_S = 300
@@ -43,6 +49,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         # events over right after its commit; these catch what a crash in between left behind.
         "outbox-drain": {"task": "tasks.publish.drain", "schedule": drain_s},
         "workflows-sweep": {"task": "tasks.workflows.sweep", "schedule": max(1.0, 2 * drain_s)},
+        "aggregate-rollup": {
+            "task": "tasks.aggregate.rollup",
+            "schedule": float(settings.pipeline_rollup_window_s),
+            "options": {"expires": float(settings.pipeline_rollup_window_s)},
+        },
+        "aggregate-retention": {"task": "tasks.aggregate.retention", "schedule": 3600.0},
     }
 
 

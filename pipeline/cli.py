@@ -13,6 +13,7 @@ import click
 from pipeline.config import Settings, load_settings
 from pipeline.errors import PipelineError
 from pipeline.services import ServiceUrls, export_urls, running_services
+from pipeline.stats import stats
 
 if TYPE_CHECKING:
     from pipeline.stack import StackOptions
@@ -245,6 +246,7 @@ def _register_optional_commands() -> None:
         cli.add_command(emulator)
 
 
+cli.add_command(stats)
 _register_optional_commands()
 
 

@@ -1,0 +1,89 @@
+"""Retention: delete raw rows older than PIPELINE_RETENTION_DAYS; roll-ups are kept.
+
+Events and duplicate deliveries are deleted only up to the roll-up watermark's settled id, so a
+row is never deleted before it has been rolled up (and roll-ups never recompute a window that
+retention has started to empty: see ``keep_after`` in pipeline.aggregation). ingest_batches rows
+only guard against redelivered broker messages, which never outlive the visibility timeout, so
+they follow the same cutoff. Deletes run in chunks of ids, each its own short transaction, so
+a large first cleanup neither bloats one transaction nor holds locks for long. Lost ranges are
+kept: they are small and they are what `pipeline stats` lists.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, text
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 10_000
+
+_DELETE = {
+    "events": """
+DELETE FROM events WHERE id IN (
+    SELECT id FROM events WHERE received_at < :cutoff AND id <= :settled LIMIT :n)""",
+    "duplicates": """
+DELETE FROM duplicate_deliveries WHERE id IN (
+    SELECT id FROM duplicate_deliveries
+    WHERE received_at < :cutoff AND id <= :settled LIMIT :n)""",
+    "batches": """
+DELETE FROM ingest_batches WHERE task_id IN (
+    SELECT task_id FROM ingest_batches WHERE created_at < :cutoff LIMIT :n)""",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionReport:
+    """Rows deleted by one retention run, per table."""
+
+    cutoff: datetime
+    events: int = 0
+    duplicates: int = 0
+    batches: int = 0
+
+
+def retention_cutoff(retention_days: float, now: datetime | None = None) -> datetime:
+    """Rows received before this moment are expired."""
+    return (now or datetime.now(UTC)) - timedelta(days=retention_days)
+
+
+def delete_expired(
+    engine: Engine,
+    retention_days: float,
+    window_s: int,
+    *,
+    now: datetime | None = None,
+    chunk: int = CHUNK,
+) -> RetentionReport:
+    """Delete expired raw rows (already rolled up for ``window_s``) in chunks; return counts."""
+    cutoff = retention_cutoff(retention_days, now)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT source, settled_id FROM rollup_watermarks WHERE window_s = :w"),
+            {"w": window_s},
+        )
+        settled: dict[str, int] = {row.source: row.settled_id for row in rows}
+        conn.commit()
+        counts: dict[str, int] = {}
+        for name, statement in _DELETE.items():
+            params = {"cutoff": cutoff, "settled": settled.get(name, 0), "n": chunk}
+            total = 0
+            while True:
+                deleted = conn.execute(text(statement), params).rowcount
+                conn.commit()
+                total += deleted
+                if deleted < chunk:
+                    break
+            counts[name] = total
+    report = RetentionReport(cutoff, **counts)
+    logger.info(
+        "retention cutoff=%s events=%d duplicates=%d batches=%d",
+        cutoff.isoformat(),
+        report.events,
+        report.duplicates,
+        report.batches,
+    )
+    return report

@@ -12,6 +12,7 @@ import click
 
 from pipeline.config import Settings, load_settings
 from pipeline.errors import PipelineError
+from pipeline.replay import replay
 from pipeline.services import ServiceUrls, export_urls, running_services
 from pipeline.stats import stats
 
@@ -247,6 +248,7 @@ def _register_optional_commands() -> None:
 
 
 cli.add_command(stats)
+cli.add_command(replay)
 _register_optional_commands()
 
 

@@ -1,28 +1,33 @@
-"""Hand stored events to the workflow stage, and find the ones a crash kept from it.
+"""Hand stored events to the workflow stage; recover hand-overs and runs a crash interrupted.
 
 ``dispatch_stored`` runs after an ingest transaction committed: unordered routes get one
 ``tasks.workflows.run`` per event (recorded in workflow_runs first, so each is sent once), ordered
-routes one ``tasks.workflows.advance`` per topic. A worker can die between the ingest commit and
-this hand-over, so ``sweep`` (run by beat) dispatches recent events that have no run yet, restarts
-runs that stalled, and nudges every ordered topic that has work.
+routes one ``tasks.workflows.advance`` per topic (with the batch's event ids, so events that
+arrived too late for their place in the order still run). A worker that dies between the commit
+and the hand-over leaves its ingest message unacknowledged; the broker redelivers it, the batch is
+recognised as stored, and its events are handed over again (idempotently). ``sweep`` (beat)
+restarts runs that stalled and nudges ordered topics whose cursor has work.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from celery import Celery
 from prometheus_client import Counter
 from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, tuple_, update
-from sqlalchemy.sql.elements import ColumnElement
 
 from pipeline.config import Settings
 from pipeline.db import get_engine
+from pipeline.errors import MalformedBody
+from pipeline.events import parse_webhook, webhook_key
 from pipeline.ingest import StoreResult
 from pipeline.models import Event, RouteCursor, TopicCursorRow, WorkflowRun
-from pipeline.routes import Route, RouteTable, routes_for
+from pipeline.routes import Route, RouteTable, glob_regex, routes_for
 from pipeline.runner import claim_runs
 
 logger = logging.getLogger(__name__)
@@ -34,124 +39,104 @@ DISPATCHED = Counter(
     "pipeline_workflow_dispatches", "Workflow runs handed over, by kind.", ["kind"]
 )
 
-SWEEP_WINDOW = timedelta(hours=1)
-"""Events received longer ago than this are left to `pipeline replay`."""
-SWEEP_GRACE = timedelta(seconds=5)
-"""Younger events are still being dispatched by the worker that stored them."""
+ACTIVE_WINDOW = timedelta(hours=1)
+"""Ordered topics quiet for longer are not nudged by the sweep."""
 
 
-def glob_regex(glob: str) -> str:
-    """An anchored POSIX regex for an fnmatch glob (for matching routes in SQL)."""
-    out, i = ["^"], 0
-    while i < len(glob):
-        ch = glob[i]
-        if ch == "*":
-            out.append(".*")
-        elif ch == "?":
-            out.append(".")
-        elif ch == "[" and "]" in glob[i + 2 :]:
-            end = glob.index("]", i + 2)
-            body = glob[i + 1 : end]
-            body = "^" + body[1:] if body.startswith("!") else body
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = end
-        else:
-            out.append("\\" + ch if ch in ".^$+?(){}|\\[]" else ch)
-        i += 1
-    return "".join(out) + "$"
+def batch_event_ids(conn: Connection, items: Sequence[Sequence[Any]]) -> list[int]:
+    """Ids of a (redelivered) receiver batch's stored events, found by their natural keys."""
+    keys = set()
+    for item in items:
+        try:
+            event = parse_webhook(item[0])
+        except (MalformedBody, TypeError, ValueError, IndexError):
+            continue
+        keys.add((event.cache, event.topic, webhook_key(event)))
+    if not keys:
+        return []
+    found = conn.execute(
+        select(Event.id).where(tuple_(Event.cache, Event.topic, Event.idempotency_key).in_(keys))
+    ).scalars()
+    return list(found)
 
 
-def _route_filter(route: Route) -> ColumnElement[bool]:
-    return and_(
-        Event.cache.regexp_match(glob_regex(route.cache)),
-        Event.topic.regexp_match(glob_regex(route.topic)),
-    )
-
-
-def dispatch_stored(app: Celery, engine: Engine, routes: RouteTable, result: StoreResult) -> int:
-    """Hand a committed batch's new events to the workflow stage; returns tasks sent."""
-    if not result.new_ids:
+def dispatch_stored(
+    app: Celery,
+    engine: Engine,
+    routes: RouteTable,
+    result: StoreResult,
+    items: Sequence[Sequence[Any]] = (),
+) -> int:
+    """Hand a committed batch's new events (all its events, if redelivered) to the workflows."""
+    if not routes.routes or not (result.new_ids or result.replayed):
+        UNROUTED_EVENTS.inc(len(result.new_ids))
         return 0
-    matched = {topic: routes.matching(*topic) for topic in result.topics}
-    sent = 0
+    with engine.begin() as conn:
+        ids = batch_event_ids(conn, items) if result.replayed else result.new_ids
+        rows = conn.execute(
+            select(Event.id, Event.cache, Event.topic).where(Event.id.in_(ids))
+        ).all()
+        by_topic: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for row in rows:
+            by_topic[(row.cache, row.topic)].append(row.id)
+        matched = {topic: routes.matching(*topic) for topic in by_topic}
+        pairs = [
+            (route.name, event_id)
+            for topic, event_ids in by_topic.items()
+            for route in matched[topic]
+            if not route.ordered
+            for event_id in event_ids
+        ]
+        claimed = claim_runs(conn, pairs, again=False)
+    UNROUTED_EVENTS.inc(sum(len(by_topic[t]) for t, found in matched.items() if not found))
+    for route_name, event_id in claimed:
+        app.send_task("tasks.workflows.run", args=(route_name, event_id))
+    sent = len(claimed)
     for (cache, topic), found in sorted(matched.items()):
         for route in found:
             if route.ordered:
-                app.send_task("tasks.workflows.advance", args=(route.name, cache, topic))
+                args = (route.name, cache, topic, by_topic[(cache, topic)])
+                app.send_task("tasks.workflows.advance", args=args)
                 sent += 1
-    unordered = any(not r.ordered for found in matched.values() for r in found)
-    if not unordered and all(matched.values()):
-        DISPATCHED.labels("ordered").inc(sent)
-        return sent
-    with engine.begin() as conn:
-        rows = conn.execute(
-            select(Event.id, Event.cache, Event.topic).where(Event.id.in_(result.new_ids))
-        ).all()
-        pairs = [
-            (route.name, row.id)
-            for row in rows
-            for route in matched.get((row.cache, row.topic), ())
-            if not route.ordered
-        ]
-        UNROUTED_EVENTS.inc(sum(1 for row in rows if not matched.get((row.cache, row.topic))))
-        claimed = claim_runs(conn, pairs, again=False)
-    for route_name, event_id in claimed:
-        app.send_task("tasks.workflows.run", args=(route_name, event_id))
     DISPATCHED.labels("unordered").inc(len(claimed))
-    return sent + len(claimed)
+    DISPATCHED.labels("ordered").inc(sent - len(claimed))
+    if result.replayed and sent:
+        logger.info("redelivered batch handed over again events=%d tasks=%d", len(ids), sent)
+    return sent
 
 
-def hand_over(settings: Settings, result: StoreResult) -> int:
+def hand_over(settings: Settings, result: StoreResult, items: Sequence[Sequence[Any]]) -> int:
     """``dispatch_stored`` with this process's app, engine and routes (called by tasks.ingest)."""
     from pipeline.celery_app import app
 
-    return dispatch_stored(app, get_engine(settings), routes_for(settings), result)
+    return dispatch_stored(app, get_engine(settings), routes_for(settings), result, items)
 
 
-def sweep(
-    app: Celery, engine: Engine, routes: RouteTable, stall: timedelta, limit: int = 1000
-) -> dict[str, int]:
-    """Dispatch what a crash kept from the workflow stage; returns counts by kind."""
+def sweep(app: Celery, engine: Engine, routes: RouteTable, stall: timedelta) -> dict[str, int]:
+    """Restart runs that stalled and nudge ordered topics with work; returns counts by kind."""
     counts: dict[str, int] = defaultdict(int)
     with engine.begin() as conn:
-        for route in routes:
-            if route.ordered:
-                for cache, topic in _ordered_topics(conn, route):
-                    app.send_task("tasks.workflows.advance", args=(route.name, cache, topic))
-                    counts["topics"] += 1
-                continue
-            for event_id in _undispatched(conn, route, limit):
-                if claim_runs(conn, [(route.name, event_id)], again=False):
-                    app.send_task("tasks.workflows.run", args=(route.name, event_id))
-                    counts["undispatched"] += 1
         stalled = conn.execute(
             update(WorkflowRun)
             .where(WorkflowRun.status == "running", WorkflowRun.started_at < func.now() - stall)
             .values(started_at=func.now())
             .returning(WorkflowRun.route, WorkflowRun.event_id)
         ).all()
+        topics = [
+            (route.name, cache, topic)
+            for route in routes
+            if route.ordered
+            for cache, topic in _ordered_topics(conn, route)
+        ]
     for row in stalled:
         app.send_task("tasks.workflows.run", args=(row.route, row.event_id))
         counts["stalled"] += 1
-    if any(counts.values()):
-        logger.info("sweep %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    for args in topics:
+        app.send_task("tasks.workflows.advance", args=args)
+        counts["topics"] += 1
+    if stalled:
+        logger.info("sweep restarted stalled runs count=%d", len(stalled))
     return dict(counts)
-
-
-def _undispatched(conn: Connection, route: Route, limit: int) -> list[int]:
-    no_run = ~exists().where(WorkflowRun.route == route.name, WorkflowRun.event_id == Event.id)
-    rows = conn.execute(
-        select(Event.id)
-        .where(
-            Event.received_at > func.now() - SWEEP_WINDOW,
-            Event.received_at < func.now() - SWEEP_GRACE,
-            _route_filter(route),
-            no_run,
-        )
-        .order_by(Event.id)
-        .limit(limit)
-    ).scalars()
-    return list(rows)
 
 
 def _ordered_topics(conn: Connection, route: Route) -> list[tuple[str, str]]:
@@ -171,7 +156,7 @@ def _ordered_topics(conn: Connection, route: Route) -> list[tuple[str, str]]:
             and_(cursor.c.cache == TopicCursorRow.cache, cursor.c.topic == TopicCursorRow.topic),
         )
         .where(
-            TopicCursorRow.newest_received_at > func.now() - SWEEP_WINDOW,
+            TopicCursorRow.newest_received_at > func.now() - ACTIVE_WINDOW,
             TopicCursorRow.cache.regexp_match(glob_regex(route.cache)),
             TopicCursorRow.topic.regexp_match(glob_regex(route.topic)),
             or_(

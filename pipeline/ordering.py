@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select, tuple_, update
+from sqlalchemy import Connection, and_, exists, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from pipeline.models import Event, RouteCursor, TopicCursorRow
+from pipeline.models import Event, RouteCursor, TopicCursorRow, WorkflowRun
 from pipeline.topic_cursor import TopicCursor
 
 HISTORY = timedelta(minutes=5)
@@ -125,10 +125,14 @@ def _where(route: str, cache: str, topic: str) -> Any:
 def move_past(conn: Connection, route: str, event: Any, *, expect_inflight: bool) -> bool:
     """Move the cursor past ``event`` (done or given up); False if it was not the one due.
 
-    With ``expect_inflight`` (a canvas finished) the cursor moves only if that event is in flight,
-    so a late duplicate callback changes nothing.
+    The cursor only moves forward, and with ``expect_inflight`` (a canvas finished) only if that
+    event is in flight, so a late duplicate callback changes nothing.
     """
-    where = _where(route, event.cache, event.topic)
+    where = and_(
+        _where(route, event.cache, event.topic),
+        tuple_(RouteCursor.epoch, RouteCursor.seq, RouteCursor.event_id)
+        < tuple_(event.epoch, event.topic_sequence_number, event.id),
+    )
     if expect_inflight:
         where = and_(where, RouteCursor.inflight_event_id == event.id)
     moved = conn.execute(
@@ -171,6 +175,45 @@ def hold_for_retry(conn: Connection, route: str, event: Any, delay_s: float) -> 
             updated_at=func.now(),
         )
     )
+
+
+def late_events(
+    conn: Connection, route: str, cache: str, topic: str, ids: list[int] | None = None
+) -> list[int]:
+    """Events of the topic the cursor already passed without running them (they arrived late).
+
+    A number the sequencer declared lost that arrives after all (a crashed worker's batch,
+    redelivered after the reorder window) cannot run in order any more; it runs late instead of
+    never. ``ids`` narrows the search to a batch's new events; without it, the last hour is read.
+    """
+    at = conn.execute(select(RouteCursor).where(_where(route, cache, topic))).first()
+    if at is None:
+        return []
+    behind = or_(
+        Event.epoch.is_(None),
+        tuple_(Event.epoch, Event.topic_sequence_number, Event.id)
+        <= tuple_(at.epoch, at.seq, at.event_id),
+    )
+    window = (
+        Event.id.in_(ids)
+        if ids is not None
+        else Event.received_at > func.now() - timedelta(hours=1)
+    )
+    never_ran = ~exists().where(WorkflowRun.route == route, WorkflowRun.event_id == Event.id)
+    found = conn.execute(
+        select(Event.id)
+        .where(
+            Event.cache == cache,
+            Event.topic == topic,
+            Event.received_at >= at.created_at - HISTORY,
+            window,
+            behind,
+            never_ran,
+        )
+        .order_by(Event.id)
+        .limit(1000)
+    ).scalars()
+    return list(found)
 
 
 def load_event(conn: Connection, event_id: int) -> Any | None:

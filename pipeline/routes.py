@@ -129,6 +129,27 @@ class RouteTable:
         return iter(self.routes)
 
 
+def glob_regex(glob: str) -> str:
+    """An anchored POSIX regex for an fnmatch glob (to match routes in SQL)."""
+    out, i = ["^"], 0
+    while i < len(glob):
+        ch = glob[i]
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif ch == "[" and "]" in glob[i + 2 :]:
+            end = glob.index("]", i + 2)
+            body = glob[i + 1 : end]
+            body = "^" + body[1:] if body.startswith("!") else body
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append("\\" + ch if ch in ".^$+?(){}|\\[]" else ch)
+        i += 1
+    return "".join(out) + "$"
+
+
 def template_fields(template: str) -> list[str]:
     """Field names a template uses; ValueError for positional fields, formats or bad braces."""
     names = []

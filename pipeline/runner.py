@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from celery import Celery
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from pipeline import ordering
@@ -29,6 +29,8 @@ from pipeline.workflows import event_view, parse_output, resolve_workflow
 logger = logging.getLogger(__name__)
 
 Outcome = Literal["done", "started", "retry", "dead", "missing"]
+Mode = Literal["ordered", "single", "replay"]
+"""How a run was started: by an ordered cursor, on its own (unordered, or late), or by replay."""
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,16 @@ def backoff_s(attempt: int) -> float:
     return float(min(60.0, 2.0 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2))
 
 
-def finish_run(conn: Connection, route: str, event_id: int, status: str) -> None:
-    """Record how a dispatched run ended (no row exists for ordered runs: nothing happens)."""
+def record_run(conn: Connection, route: str, event_id: int, status: str) -> None:
+    """Record how a run ended ("done" or "failed"); an ordered route's event gets its row here."""
+    stmt = pg_insert(WorkflowRun).values(
+        route=route, event_id=event_id, status=status, finished_at=func.now()
+    )
     conn.execute(
-        update(WorkflowRun)
-        .where(WorkflowRun.route == route, WorkflowRun.event_id == event_id)
-        .values(status=status, finished_at=func.now())
+        stmt.on_conflict_do_update(
+            index_elements=["route", "event_id"],
+            set_={"status": status, "finished_at": func.now()},
+        )
     )
 
 
@@ -93,8 +99,11 @@ class WorkflowRunner:
 
     # -- one event (unordered routes, replays) ------------------------------------------------
 
-    def run_event(self, route_name: str, event_id: int, *, replay: bool, attempt: int) -> Outcome:
-        """Run one event's workflow; "retry" asks the caller to try again after a backoff."""
+    def run_event(self, route_name: str, event_id: int, *, mode: Mode, attempt: int) -> Outcome:
+        """Run one event's workflow outside any cursor ("single" or "replay").
+
+        Returns "retry" when the caller should try again after a backoff.
+        """
         route = self.routes.get(route_name)
         with self.engine.connect() as conn:
             row = ordering.load_event(conn, event_id)
@@ -102,16 +111,16 @@ class WorkflowRunner:
             logger.warning("event gone route=%s event=%d", route_name, event_id)
             return "missing"
         if not resolve_workflow(route.workflow).is_task:
-            self.start_canvas(route, row, replay=replay)
+            self.start_canvas(route, row, mode=mode)
             return "started"
         result = self.attempt(route, row)
         if result.error is not None:
             max_attempts = self.settings.pipeline_workflow_max_attempts
             if result.retry and attempt + 1 < max_attempts:
                 return "retry"
-            self.fail(route_name, event_id, result.error, replay=replay)
+            self.fail(route_name, event_id, result.error, mode=mode)
             return "dead"
-        self._commit(route, row, result.rows, replay=replay, ordered_step=False)
+        self._commit(route, row, result.rows, mode=mode)
         return "done"
 
     def attempt(self, route: Route, row: Any) -> Attempt:
@@ -127,15 +136,15 @@ class WorkflowRunner:
         except ValueError as exc:  # a result no retry can make usable
             return Attempt([], f"bad workflow result: {exc}")
 
-    def start_canvas(self, route: Route, row: Any, *, replay: bool) -> None:
+    def start_canvas(self, route: Route, row: Any, *, mode: Mode) -> None:
         """Start a canvas workflow with ``complete`` as its last step and ``failed`` on error."""
-        args = (route.name, int(row.id), replay)
+        args = (route.name, int(row.id), mode)
         canvas = resolve_workflow(route.workflow).canvas(event_view(row))
         chained = canvas | self.app.signature("tasks.workflows.complete", args=args)
         chained.link_error(self.app.signature("tasks.workflows.failed", args=args))
         chained.apply_async()
 
-    def complete(self, result: Any, route_name: str, event_id: int, *, replay: bool) -> None:
+    def complete(self, result: Any, route_name: str, event_id: int, *, mode: Mode) -> None:
         """A canvas finished: commit the result and outbox rows (and move an ordered cursor)."""
         route = self.routes.get(route_name)
         with self.engine.connect() as conn:
@@ -145,17 +154,20 @@ class WorkflowRunner:
         try:
             rows = outbox_rows(route, event_view(row), parse_output(result))
         except ValueError as exc:
-            self.fail(route_name, event_id, f"bad workflow result: {exc}", replay=replay)
+            self.fail(route_name, event_id, f"bad workflow result: {exc}", mode=mode)
             return
-        ordered = route.ordered and not replay
-        self._commit(route, row, rows, replay=replay, ordered_step=ordered, inflight=True)
-        if ordered:
+        self._commit(route, row, rows, mode=mode, inflight=True)
+        if mode == "ordered":
             self.drive_topic(route, row.cache, row.topic)
 
     def fail(
-        self, route_name: str, event_id: int, reason: str, *, replay: bool, drive: bool = True
+        self, route_name: str, event_id: int, reason: str, *, mode: Mode, inline: bool = False
     ) -> None:
-        """Dead-letter a run that cannot succeed; an ordered topic moves on past it."""
+        """Dead-letter a run that cannot succeed; an ordered topic moves on past it.
+
+        ``inline``: the ordered driver itself gave up (it holds the topic and drives on); else a
+        canvas failed, and the topic is driven on from here.
+        """
         route = self.routes.get(route_name)
         with self.engine.begin() as conn:
             row = ordering.load_event(conn, event_id)
@@ -167,12 +179,11 @@ class WorkflowRunner:
                     "seq": row.topic_sequence_number,
                 }
             dead_letter(conn, "workflow", reason, payload)
-            if route.ordered and not replay and row is not None:
-                ordering.move_past(conn, route_name, row, expect_inflight=False)
-            else:
-                finish_run(conn, route_name, event_id, "failed")
+            if mode == "ordered" and row is not None:
+                ordering.move_past(conn, route_name, row, expect_inflight=not inline)
+            record_run(conn, route_name, event_id, "failed")
         logger.warning("workflow dead route=%s event=%d reason=%s", route_name, event_id, reason)
-        if drive and route.ordered and not replay and row is not None:
+        if not inline and mode == "ordered" and row is not None:
             self.drive_topic(route, row.cache, row.topic)
 
     def _commit(
@@ -181,17 +192,15 @@ class WorkflowRunner:
         row: Any,
         rows: list[dict[str, Any]],
         *,
-        replay: bool,
-        ordered_step: bool,
+        mode: Mode,
         inflight: bool = False,
     ) -> None:
         with self.engine.begin() as conn:
-            ids = write_rows(conn, route.name, row.id, rows, revive=replay)
-            if ordered_step:
+            ids = write_rows(conn, route.name, row.id, rows, revive=mode == "replay")
+            if mode == "ordered":
                 ordering.move_past(conn, route.name, row, expect_inflight=inflight)
-            else:
-                finish_run(conn, route.name, row.id, "done")
-            if replay:
+            record_run(conn, route.name, row.id, "done")
+            if mode == "replay":
                 for kind in ("workflow", "publish"):
                     resolve_dead_letters(conn, kind, route.name, row.id)
         report = self.publisher.send_ids(ids)
@@ -200,15 +209,20 @@ class WorkflowRunner:
 
     # -- ordered topics --------------------------------------------------------------------------
 
-    def drive_topic(self, route: Route, cache: str, topic: str) -> int:
+    def drive_topic(
+        self, route: Route, cache: str, topic: str, new_ids: list[int] | None = None
+    ) -> int:
         """Run a topic's released events in order while this process holds the topic's lock.
 
         Returns how many ran. After letting the lock go it looks once more for work, so an event
-        released while it was finishing is never left waiting for the periodic sweep.
+        released while it was finishing is never left waiting for the periodic sweep. Of
+        ``new_ids``, those the cursor already passed (they arrived too late) run on their own.
         """
         lock = lock_id("route", f"{route.name}\x1f{cache}\x1f{topic}")
         ran = 0
         with self.engine.connect() as conn:
+            if new_ids:
+                self._run_late(conn, route, cache, topic, new_ids)
             while True:
                 locked = bool(conn.execute(select(func.pg_try_advisory_lock(lock))).scalar())
                 conn.commit()
@@ -221,6 +235,18 @@ class WorkflowRunner:
                     conn.commit()
                 if not self.has_work(conn, route, cache, topic):
                     return ran
+
+    def _run_late(
+        self, conn: Connection, route: Route, cache: str, topic: str, ids: list[int]
+    ) -> None:
+        with conn.begin():
+            late = ordering.late_events(conn, route.name, cache, topic, ids)
+            claimed = claim_runs(conn, [(route.name, event_id) for event_id in late], again=False)
+        for name, event_id in claimed:
+            logger.warning(
+                "late event runs out of order route=%s topic=%s event=%d", name, topic, event_id
+            )
+            self.app.send_task("tasks.workflows.run", args=(name, event_id, "single"))
 
     def has_work(self, conn: Connection, route: Route, cache: str, topic: str) -> bool:
         """Whether a topic has an event to run now (or a stalled canvas to restart)."""
@@ -256,11 +282,11 @@ class WorkflowRunner:
                 if not is_task:
                     ordering.mark_inflight(conn, route.name, row)
             if not is_task:
-                self.start_canvas(route, row, replay=False)
+                self.start_canvas(route, row, mode="ordered")
                 return ran
             result = self.attempt(route, row)
             if result.error is None:
-                self._commit(route, row, result.rows, replay=False, ordered_step=True)
+                self._commit(route, row, result.rows, mode="ordered")
             elif result.retry and attempts + 1 < self.settings.pipeline_workflow_max_attempts:
                 delay_s = backoff_s(attempts + 1)
                 with conn.begin():
@@ -270,5 +296,5 @@ class WorkflowRunner:
                 )
                 return ran
             else:
-                self.fail(route.name, row.id, result.error, replay=False, drive=False)
+                self.fail(route.name, row.id, result.error, mode="ordered", inline=True)
             ran += 1

@@ -34,7 +34,7 @@ def store_webhooks(self: Task, items: list[list[Any]]) -> dict[str, int]:
     settings = get_settings()
     with session_scope(settings) as session:
         result = store_webhook_batch(session, items, policy_from(settings), self.request.id)
-    hand_over(settings, result)  # after the commit: routed events go to the workflow stage
+    hand_over(settings, result, items)  # after the commit: events go to the workflow stage
     if result.replayed:
         logger.info("batch already stored id=%s", self.request.id)
         return {"new": 0, "duplicates": 0, "dead": 0}

@@ -19,7 +19,7 @@ from pipeline.dispatch import sweep as sweep_lost
 from pipeline.errors import RoutesError
 from pipeline.publisher import Publisher
 from pipeline.routes import routes_for
-from pipeline.runner import WorkflowRunner, backoff_s
+from pipeline.runner import Mode, WorkflowRunner, backoff_s
 
 logger = get_task_logger(__name__)
 
@@ -56,9 +56,9 @@ def runner() -> WorkflowRunner:
 
 
 @app.task(bind=True, name="tasks.workflows.run", **RETRY)
-def run(self: Task, route: str, event_id: int, replay: bool = False) -> str:
-    """Run one event's workflow for an unordered route (or any route, for a replay)."""
-    outcome = runner().run_event(route, event_id, replay=replay, attempt=self.request.retries)
+def run(self: Task, route: str, event_id: int, mode: Mode = "single") -> str:
+    """Run one event's workflow on its own: unordered routes, late events, replays."""
+    outcome = runner().run_event(route, event_id, mode=mode, attempt=self.request.retries)
     if outcome == "retry":
         delay_s = backoff_s(self.request.retries + 1)
         raise self.retry(countdown=delay_s, max_retries=None)
@@ -66,24 +66,24 @@ def run(self: Task, route: str, event_id: int, replay: bool = False) -> str:
 
 
 @app.task(name="tasks.workflows.advance", **RETRY)
-def advance(route: str, cache: str, topic: str) -> int:
+def advance(route: str, cache: str, topic: str, new_ids: list[int] | None = None) -> int:
     """Run an ordered route's released events of one topic, in order; returns how many ran."""
     stage = runner()
-    return stage.drive_topic(stage.routes.get(route), cache, topic)
+    return stage.drive_topic(stage.routes.get(route), cache, topic, new_ids)
 
 
 @app.task(name="tasks.workflows.complete", **RETRY)
-def complete(result: Any, route: str, event_id: int, replay: bool = False) -> None:
+def complete(result: Any, route: str, event_id: int, mode: Mode) -> None:
     """Last step of every canvas workflow: commit its result with the outbox rows."""
-    runner().complete(result, route, event_id, replay=replay)
+    runner().complete(result, route, event_id, mode=mode)
 
 
 @app.task(name="tasks.workflows.failed", **RETRY)
 def failed(
-    request: Any, exc: BaseException, traceback: Any, route: str, event_id: int, replay: bool
+    request: Any, exc: BaseException, traceback: Any, route: str, event_id: int, mode: Mode
 ) -> None:
     """Error callback of a canvas workflow: dead-letter the run (an ordered topic moves on)."""
-    runner().fail(route, event_id, f"canvas failed: {exc!r}", replay=replay)
+    runner().fail(route, event_id, f"canvas failed: {exc!r}", mode=mode)
 
 
 @app.task(name="tasks.workflows.sweep", acks_late=True, expires=30, ignore_result=True)

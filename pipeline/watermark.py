@@ -96,7 +96,12 @@ def plan(
         remaining += visible - top
         if top > mark.scanned_id:
             scan[source] = (mark.scanned_id, top)
-        settled = mark.settled_id if still_running else mark.scanned_id
+        if still_running:
+            settled = mark.settled_id
+        elif snap.running_xids:
+            settled = mark.scanned_id
+        else:  # nothing was running at the snapshot: every id up to top is visible to this run
+            settled = top
         saved[source] = Mark(settled_id=settled, scanned_id=top)
     return Plan(
         recheck=recheck,

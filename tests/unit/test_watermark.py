@@ -9,17 +9,23 @@ def snap(running: set[int], events: int, duplicates: int = 0, lost: int = 0) -> 
     return Snapshot(frozenset(running), {"events": events, "duplicates": duplicates, "lost": lost})
 
 
-def test_first_run_scans_everything_and_settles_nothing_yet() -> None:
+def test_a_quiet_first_run_scans_and_settles_everything() -> None:
     done = plan({}, set(), snap(set(), events=10, duplicates=2))
     assert done.scan == {"events": (0, 10), "duplicates": (0, 2)}
     assert done.recheck == {}
-    assert done.marks["events"] == Mark(settled_id=0, scanned_id=10)
+    assert done.marks["events"] == Mark(settled_id=10, scanned_id=10)
     assert set(done.marks) == set(SOURCES)
 
 
-def test_quiet_previous_scan_settles_at_once_and_scans_only_new_ids() -> None:
+def test_a_busy_first_run_settles_nothing_yet() -> None:
+    done = plan({}, set(), snap({41}, events=10))
+    assert done.marks["events"] == Mark(settled_id=0, scanned_id=10)
+    assert done.unsettled_xids == {41}
+
+
+def test_after_a_quiet_scan_only_new_ids_are_read_and_busy_ones_settle_one_run_later() -> None:
     marks = {"events": Mark(0, 10)}
-    done = plan(marks, set(), snap(set(), events=15))
+    done = plan(marks, set(), snap({50}, events=15))
     assert done.scan == {"events": (10, 15)}
     assert done.recheck == {}
     assert done.marks["events"] == Mark(settled_id=10, scanned_id=15)

@@ -126,6 +126,15 @@ def topic_client_async(
     return TopicClientAsync(configuration, credential_provider(settings))
 
 
+def close_client(client: Any) -> None:
+    """Close any SDK client (the sync CacheClient has no ``close``, only ``__exit__``)."""
+    close = getattr(client, "close", None)
+    if callable(close):
+        close()
+    else:
+        client.__exit__(None, None, None)
+
+
 # -- errors and one-shot helpers -----------------------------------------------------------------
 
 

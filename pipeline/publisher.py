@@ -98,7 +98,7 @@ class Publisher:
         for name in ("topics", "caches"):
             client = self.__dict__.pop(name, None)
             if client is not None:
-                client.close()
+                momento_client.close_client(client)
 
     def send_ids(self, ids: list[int]) -> SendReport:
         """Send rows just written (their ordered keys are drained in order, waiting for the key)."""

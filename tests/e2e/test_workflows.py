@@ -6,6 +6,10 @@ the receiver, the broker, `pipeline worker` subprocesses and Postgres.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -14,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import momento_client as mc
 from pipeline.config import Settings
 from pipeline.emulator import EmulatorServer
-from tests.conftest import ReceiverServer, WorkerProcess
-from tests.e2e.workflow_support import Stack, beat, subscribed
+from tests.conftest import ReceiverServer, WorkerProcess, count_rows, wait_for
+from tests.e2e.workflow_support import Stack, beat, client_settings, subscribed
 from tests.integration.emulator_support import unique
 
 
@@ -107,3 +112,167 @@ def test_each_outbound_message_arrives_once_in_order_across_a_worker_sigkill(
     assert sum(ids.values()) - len(ids) <= 2  # at most one per task the victim had running
     first_seen = list(dict.fromkeys(m["text"] for m in received))
     assert first_seen == [t.upper() for t in texts]
+
+
+@pytest.mark.timeout(120)
+def test_publish_rate_limit_holds_across_three_workers(stack: Stack, emu: EmulatorServer) -> None:
+    cache = unique("rate")
+    routes_file(stack.routes_path.parent, uppercase_routes(cache).replace("ordered = true", ""))
+    stack.hook(cache, "topic 1")
+    limit_per_s = 20
+    stack.env |= {"PIPELINE_PUBLISH_RATE_PER_S": str(limit_per_s), "PIPELINE_PUBLISH_BURST": "1"}
+    stack.workers(3, "-c", "2")
+    texts = [f"message {i}" for i in range(1, 61)]
+    with subscribed(emu, cache, "topic 2") as subscriber:
+        stack.publish(cache, "topic 1", texts)
+        subscriber.collect(len(texts), timeout_s=30)
+        arrivals = [m.received_at for m in subscriber.messages]
+    assert len(arrivals) == len(texts)
+    measured_per_s = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    # 2% covers the jitter between Momento accepting a message and the subscriber reading it.
+    assert measured_per_s <= limit_per_s * 1.02, measured_per_s
+    assert measured_per_s >= limit_per_s * 0.5, "far below the limit: something else throttled"
+
+
+def failing_routes(cache: str, target_cache: str) -> str:
+    return f"""
+[[routes]]
+name = "relay"
+cache = "{cache}"
+topic = "in"
+workflow = "tasks.examples:uppercase"
+publish = {{ cache = "{target_cache}", topic = "out" }}
+
+[[routes]]
+name = "big"
+cache = "{cache}"
+topic = "big"
+workflow = "tasks.examples:uppercase"
+publish = {{ cache = "{{cache}}", topic = "out" }}
+"""
+
+
+@pytest.mark.timeout(120)
+def test_permanent_momento_errors_are_dead_lettered_and_replay_sends_once_fixed(
+    stack: Stack, emu: EmulatorServer, db: Settings
+) -> None:
+    cache, target = unique("dlq"), unique("later")
+    routes = routes_file(stack.routes_path.parent, failing_routes(cache, target))
+    stack.hook(cache, "in")
+    stack.hook(cache, "big")
+    stack.workers(1, "-c", "2")
+    stack.publish(cache, "in", ["hello"])
+    # It fits inbound; the outbound envelope pushes it past the 4 KB publish limit.
+    stack.publish(cache, "big", ["x" * 4090])
+    assert wait_for(lambda: count_rows(db, "SELECT count(*) FROM dead_letters") == 2, 30)
+    reasons = dead_letter_reasons(db)
+    assert any("NOT_FOUND" in code for code in reasons), reasons
+    assert any("LIMIT_EXCEEDED" in code for code in reasons), reasons
+    assert count_rows(db, "SELECT count(*) FROM outbox WHERE status = 'dead'") == 2
+
+    emu.create_cache(target)  # the fix: the target cache exists now
+    with subscribed(emu, target, "out") as subscriber:
+        env = dict(os.environ) | {"PIPELINE_ROUTES": str(routes)}
+        dry = run_cli(["replay", "--dead-letters", "--dry-run"], env)
+        assert "would replay 2 runs of 2 events" in dry
+        assert "replayed 2 runs of 2 events" in run_cli(["replay", "--dead-letters"], env)
+        received = subscriber.collect(1, timeout_s=30, settle_s=2.0)
+    assert [m["text"] for m in received] == ["HELLO"]
+    assert wait_for(
+        lambda: count_rows(db, "SELECT count(*) FROM outbox WHERE status = 'sent'") == 1, 10
+    )
+    # The oversized result failed again (same result, same limit): a new dead letter says so.
+    assert count_rows(db, "SELECT count(*) FROM dead_letters WHERE resolved_at IS NULL") == 1
+    assert "replayed 1 runs" in run_cli(["replay", "--dead-letters"], env)
+
+
+def dead_letter_reasons(db: Settings) -> list[str]:
+    from sqlalchemy import text
+
+    from pipeline.db import get_engine
+
+    with get_engine(db).connect() as conn:
+        rows = conn.execute(
+            text("SELECT payload->>'code' FROM dead_letters WHERE kind = 'publish'")
+        )
+        return [str(code) for code in rows.scalars()]
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.timeout(150)
+def test_sample_routes_weather_moderation_and_fx_examples(
+    stack: Stack, emu: EmulatorServer
+) -> None:
+    stack.routes_path = Path(__file__).resolve().parents[2] / "routes.toml"
+    for cache, topic in [
+        ("weather", "observations"),
+        ("chat", "room-7"),
+        ("fx", "rates"),
+        ("fx", "orders"),
+    ]:
+        stack.hook(cache, topic)
+    stack.workers(2, "-c", "2")
+    records = [
+        {"location": "Paris", "temp_c": 18.5},
+        {"location": "Oslo", "temp_c": 3.0},
+        {"location": "Paris", "temp_c": 19.0},
+    ]
+    with (
+        subscribed(emu, "weather", "changes") as changes,
+        subscribed(emu, "chat", "moderated-room-7") as moderated,
+        subscribed(emu, "fx", "order-results") as orders,
+    ):
+        stack.publish("weather", "observations", [json.dumps(r) for r in records])
+        stack.publish("chat", "room-7", ["well darn it", "all good"])
+        stack.publish("fx", "rates", [json.dumps({"pair": "EURUSD", "rate": 1.0842})])
+        cache = mc.cache_client(client_settings(emu))
+        try:
+            assert wait_for(lambda: mc.cache_get(cache, "fx", "rate:EURUSD") is not None, 20)
+            stack.publish(
+                "fx",
+                "orders",
+                [
+                    json.dumps({"id": "a", "pair": "EURUSD", "side": "buy", "limit": 1.09}),
+                    json.dumps({"id": "b", "pair": "EURUSD", "side": "buy", "limit": 1.08}),
+                    json.dumps({"id": "c", "pair": "GBPUSD", "side": "sell", "limit": 1.2}),
+                ],
+            )
+            announced = [json.loads(m["text"]) for m in changes.collect(3, timeout_s=30)]
+            assert wait_for(lambda: latest(cache, "paris") == 19.0, 20)
+            assert latest(cache, "oslo") == 3.0
+        finally:
+            mc.close_client(cache)
+        masked = [json.loads(m["text"]) for m in moderated.collect(2, timeout_s=30)]
+        results = {
+            r["order"]: r for r in (json.loads(m["text"]) for m in orders.collect(3, timeout_s=30))
+        }
+    assert [(a["location"], a["change_c"]) for a in announced] == [
+        ("Paris", None),
+        ("Oslo", None),
+        ("Paris", 0.5),
+    ]
+    assert [m["text"] for m in masked] == ["well d**n it", "all good"]
+    assert [m["masked"] for m in masked] == [1, 0]
+    assert {k: r["status"] for k, r in results.items()} == {
+        "a": "accepted",
+        "b": "expired",
+        "c": "expired",
+    }
+    assert results["a"]["rate"] == 1.0842
+
+
+def latest(cache: object, location: str) -> float | None:
+    value = mc.cache_get(cache, "weather", f"latest:{location}")
+    return None if value is None else float(json.loads(value)["temp_c"])

@@ -127,7 +127,7 @@ class Subscriber:
     """Collects outbound messages: the JSON envelopes {"id", "text"} the outbox publishes."""
 
     sub: mc.ResilientSubscription
-    messages: list[mc.Message] = field(default_factory=list)
+    messages: list[Received] = field(default_factory=list)
 
     def collect(self, count: int, timeout_s: float, settle_s: float = 0.0) -> list[dict[str, Any]]:
         """Wait for ``count`` messages (then ``settle_s`` more for extras); return the envelopes."""
@@ -137,9 +137,17 @@ class Subscriber:
         settle_end = time.monotonic() + settle_s
         while time.monotonic() < settle_end:
             self._poll(0.1)
-        return [json.loads(str(m.value)) for m in self.messages]
+        return [json.loads(str(m.message.value)) for m in self.messages]
 
     def _poll(self, timeout_s: float) -> None:
         event = self.sub.poll(timeout_s)
         if isinstance(event, mc.Message):
-            self.messages.append(event)
+            self.messages.append(Received(event, time.monotonic()))
+
+
+@dataclass(frozen=True)
+class Received:
+    """A message and when the subscriber got it (monotonic seconds)."""
+
+    message: mc.Message
+    received_at: float

@@ -34,7 +34,7 @@ from pipeline import watermark
 logger = logging.getLogger(__name__)
 
 LOCK_KEY = 0x526F6C6C  # "Roll": advisory lock class of roll-up runs; the window length is the key
-ID_CHUNK = 250_000
+ID_CHUNK = 1_000_000
 WINDOW_BATCH = 20_000
 SCAN_SHARE = 0.125  # scan when a run's new ids exceed this share of the events table
 
@@ -116,7 +116,8 @@ def _run(
     todo = watermark.plan(marks, unsettled, watermark.snapshot(conn), max_ids)
     conn.commit()
     conn.execute(text(sql.CREATE_DIRTY))
-    conn.execute(text("TRUNCATE rollup_dirty"))
+    conn.execute(text(sql.CREATE_TOUCHED))
+    conn.execute(text("TRUNCATE rollup_dirty, rollup_touched"))
     conn.commit()
     params = {"window_s": window_s, "window_ms": window_s * 1000}
     ids = 0
@@ -126,9 +127,8 @@ def _run(
             for lo in range(low, high, ID_CHUNK):
                 chunk = {**params, "lo": lo, "hi": min(lo + ID_CHUNK, high)}
                 conn.execute(text(sql.MARK_SQL[source]), chunk)
-                if source == "events":
-                    conn.execute(text(sql.MARK_UNLOST_SQL), chunk)
                 conn.commit()
+    conn.execute(text(sql.MARK_UNLOST_SQL), params)
     if keep_after is not None:
         first_kept = -(-int(keep_after.timestamp()) // window_s)
         conn.execute(text("DELETE FROM rollup_dirty WHERE bucket < :b"), {"b": first_kept})

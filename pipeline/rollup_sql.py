@@ -18,37 +18,54 @@ CREATE_BATCH = (
     " topic varchar(255), bucket bigint)"
 )
 
+CREATE_TOUCHED = (
+    "CREATE TEMP TABLE IF NOT EXISTS rollup_touched (cache varchar(255), topic varchar(255),"
+    " PRIMARY KEY (cache, topic))"
+)
+
 _BUCKET_OF = {
-    "events": "event_timestamp / :window_ms",
     "duplicates": "floor(extract(epoch FROM received_at) / :window_s)::bigint",
     "lost": "floor(extract(epoch FROM declared_at) / :window_s)::bigint",
 }
-_TABLE = {"events": "events", "duplicates": "duplicate_deliveries", "lost": "lost_ranges"}
+_TABLE = {"duplicates": "duplicate_deliveries", "lost": "lost_ranges"}
 
 MARK_SQL = {
     source: f"""
 INSERT INTO rollup_dirty (cache, topic, bucket)
 SELECT DISTINCT cache, topic, {bucket} FROM {_TABLE[source]}
-WHERE id > :lo AND id <= :hi{" AND event_timestamp IS NOT NULL" if source == "events" else ""}
+WHERE id > :lo AND id <= :hi
 ON CONFLICT DO NOTHING
 """
     for source, bucket in _BUCKET_OF.items()
 }
-"""Per source: mark the windows of the rows with ids in (lo, hi]."""
+MARK_SQL["events"] = """
+WITH touched AS MATERIALIZED (
+    SELECT cache, topic, event_timestamp / :window_ms AS bucket, bool_or(arrival = 'late') AS late
+    FROM events
+    WHERE id > :lo AND id <= :hi AND event_timestamp IS NOT NULL
+    GROUP BY 1, 2, 3
+), windows AS (
+    INSERT INTO rollup_dirty (cache, topic, bucket)
+    SELECT cache, topic, bucket FROM touched
+    ON CONFLICT DO NOTHING
+)
+INSERT INTO rollup_touched (cache, topic)
+SELECT DISTINCT cache, topic FROM touched WHERE late
+ON CONFLICT DO NOTHING
+"""
+"""Per source: mark the windows of the rows with ids in (lo, hi]; events also note the topics
+that got late arrivals (rollup_touched), for MARK_UNLOST_SQL."""
 
 MARK_UNLOST_SQL = """
-WITH touched AS (
-    SELECT DISTINCT cache, topic FROM events
-    WHERE id > :lo AND id <= :hi AND arrival = 'late'
-), declared AS (
+WITH declared AS (
     SELECT l.cache, l.topic, floor(extract(epoch FROM l.declared_at) / :window_s)::bigint AS bucket,
         sum(l.last_seq - l.first_seq + 1) AS lost
-    FROM lost_ranges l JOIN touched t ON l.cache = t.cache AND l.topic = t.topic
+    FROM lost_ranges l JOIN rollup_touched t ON l.cache = t.cache AND l.topic = t.topic
     GROUP BY 1, 2, 3
 ), rolled AS (
     SELECT r.cache, r.topic,
         floor(extract(epoch FROM r.window_start) / :window_s)::bigint AS bucket, r.lost
-    FROM rollups r JOIN touched t ON r.cache = t.cache AND r.topic = t.topic
+    FROM rollups r JOIN rollup_touched t ON r.cache = t.cache AND r.topic = t.topic
     WHERE r.window_s = :window_s AND r.lost > 0
 )
 INSERT INTO rollup_dirty (cache, topic, bucket)
@@ -59,8 +76,8 @@ ON CONFLICT DO NOTHING
 """Mark windows whose lost count changed because a late event un-declared a lost number.
 
 The sequencer deletes (or splits) the range of a number that arrives after it was declared lost;
-a deletion leaves no new row to find by id, so the windows with lost messages of topics that got
-late events in (lo, hi] are compared with lost_ranges.
+a deletion leaves no new row to find by id, so the windows with lost messages of the topics in
+rollup_touched (those with new late events) are compared with lost_ranges.
 """
 
 TAKE_BATCH_SQL = """

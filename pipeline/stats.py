@@ -25,9 +25,9 @@ MAX_RANGES = 1000
 
 _TOTALS = """
 SELECT cache, topic, count(*) AS windows, min(window_start) AS first_window,
-    max(window_start) AS last_window, sum(events) AS events, sum(bytes) AS bytes,
-    sum(resets) AS resets, sum(duplicates) AS duplicates, sum(out_of_order) AS out_of_order,
-    {latency}
+    max(window_start) AS last_window, sum(events)::bigint AS events, sum(bytes)::bigint AS bytes,
+    sum(resets)::bigint AS resets, sum(duplicates)::bigint AS duplicates,
+    sum(out_of_order)::bigint AS out_of_order, {latency}
 FROM rollups
 WHERE window_s = :window_s AND (CAST(:cache AS text) IS NULL OR cache = :cache)
     AND window_start >= :since AND window_start < :until
@@ -52,7 +52,8 @@ WHERE n <= :max_ranges
 ORDER BY cache, topic, epoch, first_seq
 """
 _LOST_TOTALS = """
-SELECT cache, topic, count(*) AS gaps, sum(last_seq - first_seq + 1) AS lost FROM lost_ranges
+SELECT cache, topic, count(*) AS gaps, sum(last_seq - first_seq + 1)::bigint AS lost
+FROM lost_ranges
 WHERE (CAST(:cache AS text) IS NULL OR cache = :cache)
     AND declared_at >= :since AND declared_at < :until
 GROUP BY cache, topic
@@ -166,20 +167,10 @@ def gather_stats(
             LostRange(row.epoch, row.first_seq, row.last_seq, row.declared_at)
         )
     return [
-        TopicStats(**{**_ints(values), "lost_ranges": tuple(listed[key])})
+        TopicStats(**values, lost_ranges=tuple(listed[key]))
         for key, values in sorted(by_topic.items())
         if topic is None or fnmatchcase(key[1], topic)
     ]
-
-
-def _ints(values: dict[str, Any]) -> dict[str, Any]:
-    """Sums come back as Decimal; counts are ints."""
-    return {k: int(v) if k in _COUNTS else v for k, v in values.items()}
-
-
-_COUNTS = frozenset(
-    {"windows", "events", "bytes", "resets", "duplicates", "out_of_order", "lost", "gaps"}
-)
 
 
 _AGE_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -203,36 +194,13 @@ def _ms(value: float | None) -> str:
 
 def render_table(rows: list[TopicStats]) -> str:
     """The `pipeline stats` table: one line per topic, then the lost ranges."""
-    header = (
-        "CACHE",
-        "TOPIC",
-        "EVENTS",
-        "LOST",
-        "GAPS",
-        "RESETS",
-        "DUPS",
-        "LATE",
-        "P50ms",
-        "P95ms",
-        "P99ms",
-    )
-    lines = [header] + [
-        (
-            r.cache,
-            r.topic,
-            str(r.events),
-            str(r.lost),
-            str(r.gaps),
-            str(r.resets),
-            str(r.duplicates),
-            str(r.out_of_order),
-            _ms(r.receive_latency.p50_ms),
-            _ms(r.receive_latency.p95_ms),
-            _ms(r.receive_latency.p99_ms),
-        )
-        for r in rows
-    ]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    header = "CACHE TOPIC EVENTS LOST GAPS RESETS DUPS LATE P50ms P95ms P99ms"
+    lines: list[tuple[str, ...]] = [tuple(header.split(" "))]
+    for r in rows:
+        counts = (r.events, r.lost, r.gaps, r.resets, r.duplicates, r.out_of_order)
+        latency = (r.receive_latency.p50_ms, r.receive_latency.p95_ms, r.receive_latency.p99_ms)
+        lines.append((r.cache, r.topic, *map(str, counts), *map(_ms, latency)))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = [
         "  ".join(
             cell.ljust(w) if i < 2 else cell.rjust(w)

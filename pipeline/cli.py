@@ -210,10 +210,11 @@ def stack_options(func: Callable[..., None]) -> Callable[..., None]:
     return func
 
 
-def _options(**kwargs: Any) -> StackOptions:
+def _options(quiet: bool = False, **kwargs: Any) -> StackOptions:
     from pipeline.stack import StackOptions
 
     return StackOptions(
+        quiet=quiet,
         receiver_port=kwargs["receiver_port"],
         momento_port=kwargs["momento_port"],
         flower_port=kwargs["flower_port"],
@@ -238,6 +239,41 @@ def up(**kwargs: Any) -> None:
         click.echo("Ctrl-C stops everything.")
         status = stack.supervisor.wait()
     sys.exit(status)
+
+
+@cli.command()
+@stack_options
+@click.option(
+    "--count",
+    type=int,
+    default=200,
+    show_default=True,
+    help="Messages of the uppercase relay; the other scenarios scale with it.",
+)
+@click.option("--rate", type=float, default=100.0, show_default=True, help="Publishes per second.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for every event to be stored and relayed.",
+)
+def demo(count: int, rate: float, timeout_s: float, **kwargs: Any) -> None:
+    """Run the whole pipeline, publish the seed scenarios with the Momento SDK, print a summary."""
+    from pipeline.demo import run_demo
+    from pipeline.stack import describe, running_stack
+
+    settings_or_exit()
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger().setLevel(logging.WARNING)  # the summary is the output; -v for more
+    with running_stack(_options(quiet=True, **kwargs)) as stack:
+        for line in describe(stack):
+            click.echo(line)
+        ok = run_demo(stack, count, rate, timeout_s)
+    if not ok:
+        click.echo("demo: not every event was stored and relayed in time (see above)", err=True)
+    sys.exit(0 if ok else 1)
 
 
 def _register_optional_commands() -> None:

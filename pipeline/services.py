@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,11 +213,16 @@ class EmbeddedPostgres:
         pgserver counts the processes holding a handle and stops the server when the last
         one lets go, so a second `pipeline` process reuses the first one's server safely.
         """
-        import pgserver
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless here.
+            warnings.simplefilter("ignore")
+            import pgserver
 
         self.root.mkdir(parents=True, exist_ok=True)
         try:
-            server = pgserver.get_server(self.root, cleanup_mode="stop")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                server = pgserver.get_server(self.root, cleanup_mode="stop")
         except Exception as exc:  # pgserver raises bare exceptions from pg_ctl and psutil
             raise ServiceError(f"embedded postgres failed to start in {self.root}: {exc}") from exc
         self._server = server

@@ -43,6 +43,7 @@ class StackOptions:
     concurrency: int = 2
     beat: bool = True
     flower: bool = True
+    quiet: bool = False  # children log to PIPELINE_HOME/logs/NAME.log instead of the terminal
 
 
 @dataclass
@@ -120,7 +121,9 @@ def running_stack(options: StackOptions, settings: Settings | None = None) -> It
         get_settings.cache_clear()
         settings = get_settings()
         migrate.upgrade(settings)
-        supervisor = Supervisor(os.environ)
+        supervisor = Supervisor(
+            os.environ, log_dir=settings.home / "logs" if options.quiet else None
+        )
         try:
             stack = _start_children(options, settings, urls, supervisor)
             yield stack
@@ -231,6 +234,8 @@ def describe(stack: Stack) -> list[str]:
         lines.append(
             f"flower     {stack.flower_url}   login {stack.flower_user} / {stack.flower_password}"
         )
+    if stack.supervisor.log_dir is not None:
+        lines.append(f"logs       {stack.supervisor.log_dir}/")
     return [*lines, *stack.notes]
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 logger = logging.getLogger(__name__)
@@ -31,17 +32,28 @@ class Supervisor:
     are killed only if they outlive ``stop_timeout_s``.
     """
 
-    def __init__(self, env: Mapping[str, str], stop_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, env: Mapping[str, str], stop_timeout_s: float = 30.0, log_dir: Path | None = None
+    ) -> None:
         self.env = dict(env)
+        self.log_dir = log_dir
         self.stop_timeout_s = stop_timeout_s
         self.children: list[Child] = []
         self._stopping = False
 
     def spawn(self, name: str, argv: Sequence[str]) -> Child:
-        """Start a child process now; its output goes to this process's stdout/stderr."""
+        """Start a child process now; output to ``log_dir/NAME.log``, or to ours if unset."""
         child = Child(name, list(argv))
+        output = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            output = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (the child owns it)
         # Own process group: Ctrl-C reaches us only, and we stop children in order.
-        child.process = subprocess.Popen(list(argv), env=self.env, start_new_session=True)
+        child.process = subprocess.Popen(
+            list(argv), env=self.env, start_new_session=True, stdout=output, stderr=output
+        )
+        if output is not None:
+            output.close()
         self.children.append(child)
         logger.info("started name=%s pid=%d", name, child.process.pid)
         return child

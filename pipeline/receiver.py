@@ -54,11 +54,13 @@ _SIGNATURE = SIGNATURE_HEADER.encode()
 
 def celery_sender(settings: Settings) -> SendBatch:
     """Send a batch as one `store_webhooks` message; fail fast if the broker is down."""
-    from pipeline.celery_app import configure, create_app
+    from pipeline.celery_app import broker_url, configure, create_app
 
     # The receiver's own Celery app: its broker settings (fail fast) are not the workers'.
     app = create_app()
     configure(app, settings)
+    # Celery reads $CELERY_BROKER_URL before conf.broker_url; send where ``settings`` say.
+    app.conf.broker_write_url = broker_url(settings)
     app.conf.broker_connection_timeout = 1.0
     policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
@@ -69,6 +71,9 @@ def celery_sender(settings: Settings) -> SendBatch:
             queue="ingest",
             retry=True,
             retry_policy=policy,
+            # Nobody reads the result: without this the Redis result backend subscribes to a
+            # result channel per batch (a round trip each, and subscriptions that pile up).
+            ignore_result=True,
         )
 
     return send

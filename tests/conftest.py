@@ -144,6 +144,8 @@ class WorkerProcess:
         if broker and broker != settings.celery_broker_url:
             control = create_app()
             configure(control, settings.model_copy(update={"celery_broker_url": broker}))
+            # Celery reads $CELERY_BROKER_URL before conf.broker_url: name the broker outright.
+            control.conf.broker_read_url = control.conf.broker_write_url = broker
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "worker", "-n", f"{self.name}@%h", *self.args],
             env=dict(os.environ) | self.env,
@@ -161,10 +163,13 @@ class WorkerProcess:
             return hostname is not None
 
         try:
-            assert wait_for(ready, timeout_s, 0.2), f"worker {self.name} did not come up"
+            up = wait_for(ready, timeout_s, 0.2)
         finally:
             if control is not app:
                 control.close()
+        if not up:
+            self.kill()  # not handed to any fixture, so nothing else would stop it
+        assert up, f"worker {self.name} did not come up"
         return self
 
     def kill(self) -> None:

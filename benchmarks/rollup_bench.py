@@ -53,12 +53,29 @@ FROM generate_series(:first, :last, 10000) AS g
 
 
 def load(engine: Engine, first: int, last: int, topics: int, step_ms: float) -> float:
-    """Insert events first..last (and some duplicates and lost ranges); return seconds."""
+    """Insert events first..last (and some duplicates and lost ranges); return seconds.
+
+    A big load drops the events table's secondary indexes and builds them again afterwards,
+    which is several times faster than maintaining them row by row.
+    """
     params = {"first": first, "last": last, "topics": topics, "base": BASE_MS, "step_ms": step_ms}
     started = time.perf_counter()
+    rebuild = last - first >= 100_000
     with engine.begin() as conn:
+        conn.execute(text("SET LOCAL synchronous_commit = off"))
+        conn.execute(text("SET LOCAL maintenance_work_mem = '512MB'"))
+        indexes = conn.execute(
+            text(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events'"
+                " AND indexname <> 'pk_events' AND indexname NOT LIKE 'uq_%'"
+            )
+        ).all()
+        for name, _ in indexes if rebuild else ():
+            conn.execute(text(f"DROP INDEX {name}"))
         for sql in (LOAD_EVENTS, LOAD_DUPLICATES, LOAD_LOST):
             conn.execute(text(sql), params)
+        for _, definition in indexes if rebuild else ():
+            conn.execute(text(definition))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE events, duplicate_deliveries, lost_ranges"))
     return time.perf_counter() - started

@@ -112,6 +112,7 @@ def _run(
     mode: Mode,
     max_ids: int | None,
 ) -> RollupReport:
+    started = time.perf_counter()
     marks, unsettled = watermark.load(conn, window_s)
     todo = watermark.plan(marks, unsettled, watermark.snapshot(conn), max_ids)
     conn.commit()
@@ -129,6 +130,7 @@ def _run(
                 conn.execute(text(sql.MARK_SQL[source]), chunk)
                 conn.commit()
     conn.execute(text(sql.MARK_UNLOST_SQL), params)
+    marked_at = time.perf_counter()
     if keep_after is not None:
         first_kept = -(-int(keep_after.timestamp()) // window_s)
         conn.execute(text("DELETE FROM rollup_dirty WHERE bucket < :b"), {"b": first_kept})
@@ -148,6 +150,11 @@ def _run(
             written += sum(pool.map(lambda part: _recompute_on(engine, part, params), slices))
     watermark.save(conn, window_s, todo)
     conn.commit()
+    logger.debug(
+        "rollup marked in %.3f s, recomputed in %.3f s",
+        marked_at - started,
+        time.perf_counter() - marked_at,
+    )
     return RollupReport(
         window_s,
         windows_marked=marked,

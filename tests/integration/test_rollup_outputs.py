@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from pipeline.aggregation import rollup
+from pipeline.celery_app import app
 from pipeline.config import Settings
 from pipeline.db import get_engine
 from pipeline.emulator import EmulatorServer
@@ -23,7 +24,7 @@ from pipeline.retention import delete_expired, retention_cutoff
 from pipeline.stats import gather_stats, parse_when
 from pipeline.summaries import publish_finished
 from tasks.aggregate import publish_summaries
-from tests.conftest import count_rows
+from tests.conftest import WorkerProcess, count_rows, wait_for
 from tests.integration.emulator_support import WebhookSink
 from tests.integration.test_aggregation import BASE_MS, WINDOW_S, item, rollups, store, window
 
@@ -204,3 +205,25 @@ def test_a_scrape_without_a_database_reports_down(settings: Settings) -> None:
     text_out = generate_latest(registry).decode()
     assert "pipeline_db_metrics_up 0.0" in text_out
     assert "pipeline_topic_lost" not in text_out
+
+
+def test_aggregate_tasks_run_on_a_worker_of_the_aggregate_queue(
+    db: Settings, worker_factory: Callable[..., WorkerProcess]
+) -> None:
+    old = BASE_MS - 10 * DAY_MS
+    store(db, item(1, old, old + 5), item(1, BASE_MS, BASE_MS + 5, topic="fresh"))
+    rollup(get_engine(db), WINDOW_S)  # the old window is rolled up while it is still allowed
+    store(db, item(2, BASE_MS + 60_000, BASE_MS + 60_005, topic="fresh"))
+    worker_factory("aggregate", "-c", "1", "-Q", "aggregate")
+    app.send_task("tasks.aggregate.rollup")
+    assert wait_for(lambda: count_rows(db, "SELECT count(*) FROM rollups") == 3, 30)
+    app.send_task("tasks.aggregate.retention")
+    assert wait_for(lambda: count_rows(db, "SELECT count(*) FROM events") == 2, 30)
+    assert [(r["topic"], r["events"]) for r in rollups(db)] == [
+        ("fresh", 1),
+        ("fresh", 1),
+        ("room-1", 1),
+    ]
+    schedule = app.conf.beat_schedule
+    assert schedule["aggregate-rollup"]["schedule"] == db.pipeline_rollup_window_s
+    assert schedule["aggregate-retention"]["task"] == "tasks.aggregate.retention"

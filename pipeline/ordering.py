@@ -10,14 +10,34 @@ its outbox rows and the cursor's move committed in one transaction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, func, or_, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Update,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from pipeline.models import Event, RouteCursor, TopicCursorRow, WorkflowRun
+from pipeline.models import (
+    Event,
+    OutboxMessage,
+    OutboxStatus,
+    RouteCursor,
+    TopicCursorRow,
+    WorkflowRun,
+)
 from pipeline.topic_cursor import TopicCursor
 
 HISTORY = timedelta(minutes=5)
@@ -47,8 +67,8 @@ def releasable(state: TopicCursor | None, epoch: int, seq: int) -> bool:
 
 
 @dataclass(frozen=True)
-class Position:
-    """A route cursor as locked: where it is and what holds it."""
+class Peek:
+    """A route cursor and what it may run next: ``event`` (a Row of events) or None."""
 
     epoch: int
     seq: int
@@ -57,91 +77,120 @@ class Position:
     inflight_since: datetime | None
     attempts: int
     retry_at: datetime | None
-    created_at: datetime
     now: datetime
+    event: Any | None
+    pending: bool = False
+    late: tuple[int, ...] = ()
 
 
-def lock_cursor(conn: Connection, route: str, cache: str, topic: str) -> Position:
-    """Create the cursor if missing and lock it FOR UPDATE for this transaction."""
-    conn.execute(
-        pg_insert(RouteCursor)
-        .values(route=route, cache=cache, topic=topic)
-        .on_conflict_do_nothing()
+@dataclass(frozen=True)
+class EventRow:
+    """The columns of an event a workflow run needs (named as on the events table)."""
+
+    id: int
+    cache: str
+    topic: str
+    topic_sequence_number: int
+    epoch: int
+    text: str
+    event_timestamp: int | None
+    publish_timestamp: int | None
+    token_id: str
+    received_at: datetime
+
+
+EVENT_COLUMNS = (
+    Event.id,
+    Event.cache,
+    Event.topic,
+    Event.topic_sequence_number,
+    Event.epoch,
+    Event.text,
+    Event.event_timestamp,
+    Event.publish_timestamp,
+    Event.token_id,
+    Event.received_at,
+)
+
+# Statements on the hot path are built once, with bound parameters: building SQLAlchemy
+# expressions costs more than running them.
+_ROUTE: Any = bindparam("p_route")
+_CACHE: Any = bindparam("p_cache")
+_TOPIC: Any = bindparam("p_topic")
+_THIS = and_(RouteCursor.route == _ROUTE, RouteCursor.cache == _CACHE, RouteCursor.topic == _TOPIC)
+
+
+def _late_filter(cursor: Any) -> Any:
+    """Of the events ``p_ids``, those behind ``cursor`` that never ran (they came too late)."""
+    behind = or_(
+        Event.epoch.is_(None),
+        tuple_(Event.epoch, Event.topic_sequence_number, Event.id)
+        <= tuple_(cursor.c.epoch, cursor.c.seq, cursor.c.event_id),
     )
-    row = conn.execute(
-        select(RouteCursor, func.now().label("now"))
-        .where(RouteCursor.route == route, RouteCursor.cache == cache, RouteCursor.topic == topic)
-        .with_for_update(of=RouteCursor)
-    ).one()
-    return Position(
-        row.epoch,
-        row.seq,
-        row.event_id,
-        row.inflight_event_id,
-        row.inflight_since,
-        row.attempts,
-        row.retry_at,
-        row.created_at,
-        row.now,
+    never_ran = ~exists().where(WorkflowRun.route == _ROUTE, WorkflowRun.event_id == Event.id)
+    return and_(
+        Event.id.in_(bindparam("p_ids", expanding=True)),
+        Event.cache == cursor.c.cache,
+        Event.topic == cursor.c.topic,
+        Event.received_at >= cursor.c.created_at - HISTORY,
+        behind,
+        never_ran,
     )
 
 
-def topic_state(conn: Connection, cache: str, topic: str) -> TopicCursor | None:
-    """The sequencer's state of a topic (None before its first event)."""
-    state = conn.execute(
-        select(TopicCursorRow.state).where(
-            TopicCursorRow.cache == cache, TopicCursorRow.topic == topic
-        )
-    ).scalar_one_or_none()
-    return None if state is None else TopicCursor.from_json(state)
-
-
-def next_event(conn: Connection, cache: str, topic: str, at: Position) -> Any | None:
-    """The event after the cursor, if the sequencer lets it run now (a Row of events)."""
-    row = conn.execute(
-        select(Event)
+def _peek_statement() -> Any:
+    cursor = select(RouteCursor).where(_THIS).subquery("cursor")
+    following = (
+        select(*EVENT_COLUMNS)
         .where(
-            Event.cache == cache,
-            Event.topic == topic,
+            Event.cache == _CACHE,
+            Event.topic == _TOPIC,
             Event.epoch.is_not(None),
             tuple_(Event.epoch, Event.topic_sequence_number, Event.id)
-            > tuple_(at.epoch, at.seq, at.event_id),
-            Event.received_at >= at.created_at - HISTORY,
+            > tuple_(cursor.c.epoch, cursor.c.seq, cursor.c.event_id),
+            Event.received_at >= cursor.c.created_at - HISTORY,
         )
         .order_by(Event.epoch, Event.topic_sequence_number, Event.id)
         .limit(1)
-    ).first()
-    if row is None or not releasable(
-        topic_state(conn, cache, topic), row.epoch, row.topic_sequence_number
-    ):
-        return None
-    return row
+        .lateral("following")
+    )
+    pending = exists().where(
+        OutboxMessage.ordering_key == bindparam("p_key"),
+        OutboxMessage.status == OutboxStatus.PENDING,
+    )
+    late = select(func.array_agg(Event.id)).where(_late_filter(cursor)).scalar_subquery()
+    return (
+        select(
+            cursor,
+            func.now().label("now"),
+            TopicCursorRow.state,
+            pending.label("pending"),
+            late.label("late"),
+            *(column.label(f"e_{column.name}") for column in following.c),
+        )
+        .select_from(cursor)
+        .outerjoin(
+            TopicCursorRow,
+            and_(TopicCursorRow.cache == cursor.c.cache, TopicCursorRow.topic == cursor.c.topic),
+        )
+        .outerjoin(following, true())
+    )
 
 
-def _where(route: str, cache: str, topic: str) -> Any:
-    return and_(RouteCursor.route == route, RouteCursor.cache == cache, RouteCursor.topic == topic)
-
-
-def move_past(conn: Connection, route: str, event: Any, *, expect_inflight: bool) -> bool:
-    """Move the cursor past ``event`` (done or given up); False if it was not the one due.
-
-    The cursor only moves forward, and with ``expect_inflight`` (a canvas finished) only if that
-    event is in flight, so a late duplicate callback changes nothing.
-    """
+def _move_statement(expect_inflight: bool) -> Update:
+    event: tuple[Any, ...] = (bindparam("m_epoch"), bindparam("m_seq"), bindparam("m_event_id"))
     where = and_(
-        _where(route, event.cache, event.topic),
-        tuple_(RouteCursor.epoch, RouteCursor.seq, RouteCursor.event_id)
-        < tuple_(event.epoch, event.topic_sequence_number, event.id),
+        _THIS, tuple_(RouteCursor.epoch, RouteCursor.seq, RouteCursor.event_id) < tuple_(*event)
     )
     if expect_inflight:
-        where = and_(where, RouteCursor.inflight_event_id == event.id)
-    moved = conn.execute(
+        where = and_(where, RouteCursor.inflight_event_id == event[2])
+    return (
         update(RouteCursor)
         .where(where)
         .values(
-            epoch=event.epoch,
-            seq=event.topic_sequence_number,
-            event_id=event.id,
+            epoch=event[0],
+            seq=event[1],
+            event_id=event[2],
             inflight_event_id=None,
             inflight_since=None,
             attempts=0,
@@ -150,72 +199,113 @@ def move_past(conn: Connection, route: str, event: Any, *, expect_inflight: bool
             updated_at=func.now(),
         )
     )
-    return bool(moved.rowcount)
+
+
+def _late_statement() -> Any:
+    cursor = select(RouteCursor).where(_THIS).subquery("cursor")
+    return select(Event.id).select_from(cursor).join(Event, _late_filter(cursor)).order_by(Event.id)
+
+
+PEEK = _peek_statement()
+MOVE = {expect: _move_statement(expect) for expect in (False, True)}
+LATE = _late_statement()
+ENSURE = pg_insert(RouteCursor).values(route=_ROUTE, cache=_CACHE, topic=_TOPIC)
+ENSURE = ENSURE.on_conflict_do_nothing()
+INFLIGHT = (
+    update(RouteCursor)
+    .where(_THIS)
+    .values(
+        inflight_event_id=bindparam("p_event_id"), inflight_since=func.now(), updated_at=func.now()
+    )
+)
+HOLD = (
+    update(RouteCursor)
+    .where(_THIS)
+    .values(
+        attempts=RouteCursor.attempts + 1,
+        retry_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("p_delay_s")),
+        inflight_event_id=None,
+        inflight_since=None,
+        updated_at=func.now(),
+    )
+)
+LOAD = select(*EVENT_COLUMNS).where(Event.id == bindparam("p_event_id"))
+
+
+def _here(route: str, cache: str, topic: str) -> dict[str, Any]:
+    return {"p_route": route, "p_cache": cache, "p_topic": topic}
+
+
+def ensure_cursor(conn: Connection, route: str, cache: str, topic: str) -> None:
+    """Create the route's cursor of a topic if it has none."""
+    conn.execute(ENSURE, _here(route, cache, topic))
+
+
+def peek(
+    conn: Connection, route: str, cache: str, topic: str, late_of: Sequence[int] = ()
+) -> Peek | None:
+    """In one query: the cursor, the event after it if the sequencer releases it yet, whether
+    the topic has outbox rows pending, and which of ``late_of`` came too late to run in order.
+    None if the cursor does not exist yet."""
+    key = f"{route}\x1f{cache}\x1f{topic}"
+    params = _here(route, cache, topic) | {"p_key": key, "p_ids": list(late_of)}
+    row = conn.execute(PEEK, params).first()
+    if row is None:
+        return None
+    event = None
+    if row.e_id is not None:
+        state = TopicCursor.from_json(row.state) if row.state is not None else None
+        if releasable(state, row.e_epoch, row.e_topic_sequence_number):
+            event = EventRow(*(getattr(row, f"e_{column.name}") for column in EVENT_COLUMNS))
+    return Peek(
+        row.epoch,
+        row.seq,
+        row.event_id,
+        row.inflight_event_id,
+        row.inflight_since,
+        row.attempts,
+        row.retry_at,
+        row.now,
+        event,
+        bool(row.pending),
+        tuple(row.late or ()),
+    )
+
+
+def move_cursor(route: str, event: Any, *, expect_inflight: bool) -> tuple[Update, dict[str, Any]]:
+    """The statement (and its parameters) moving the cursor past ``event`` (done or given up).
+
+    The cursor only moves forward, and with ``expect_inflight`` (a canvas finished) only if that
+    event is in flight, so a late duplicate callback changes nothing.
+    """
+    params = _here(route, event.cache, event.topic) | {
+        "m_epoch": event.epoch,
+        "m_seq": event.topic_sequence_number,
+        "m_event_id": event.id,
+    }
+    return MOVE[expect_inflight], params
 
 
 def mark_inflight(conn: Connection, route: str, event: Any) -> None:
     """Record that ``event``'s canvas was started (its callback will move the cursor)."""
-    conn.execute(
-        update(RouteCursor)
-        .where(_where(route, event.cache, event.topic))
-        .values(inflight_event_id=event.id, inflight_since=func.now(), updated_at=func.now())
-    )
+    conn.execute(INFLIGHT, _here(route, event.cache, event.topic) | {"p_event_id": event.id})
 
 
 def hold_for_retry(conn: Connection, route: str, event: Any, delay_s: float) -> None:
     """Count a failed attempt of the due event and hold the topic for ``delay_s``."""
-    conn.execute(
-        update(RouteCursor)
-        .where(_where(route, event.cache, event.topic))
-        .values(
-            attempts=RouteCursor.attempts + 1,
-            retry_at=func.now() + timedelta(seconds=delay_s),
-            inflight_event_id=None,
-            inflight_since=None,
-            updated_at=func.now(),
-        )
-    )
+    conn.execute(HOLD, _here(route, event.cache, event.topic) | {"p_delay_s": delay_s})
 
 
-def late_events(
-    conn: Connection, route: str, cache: str, topic: str, ids: list[int] | None = None
-) -> list[int]:
-    """Events of the topic the cursor already passed without running them (they arrived late).
+def late_events(conn: Connection, route: str, cache: str, topic: str, ids: list[int]) -> list[int]:
+    """Of ``ids``, the topic's events the cursor already passed without running them.
 
     A number the sequencer declared lost that arrives after all (a crashed worker's batch,
     redelivered after the reorder window) cannot run in order any more; it runs late instead of
-    never. ``ids`` narrows the search to a batch's new events; without it, the last hour is read.
+    never.
     """
-    at = conn.execute(select(RouteCursor).where(_where(route, cache, topic))).first()
-    if at is None:
-        return []
-    behind = or_(
-        Event.epoch.is_(None),
-        tuple_(Event.epoch, Event.topic_sequence_number, Event.id)
-        <= tuple_(at.epoch, at.seq, at.event_id),
-    )
-    window = (
-        Event.id.in_(ids)
-        if ids is not None
-        else Event.received_at > func.now() - timedelta(hours=1)
-    )
-    never_ran = ~exists().where(WorkflowRun.route == route, WorkflowRun.event_id == Event.id)
-    found = conn.execute(
-        select(Event.id)
-        .where(
-            Event.cache == cache,
-            Event.topic == topic,
-            Event.received_at >= at.created_at - HISTORY,
-            window,
-            behind,
-            never_ran,
-        )
-        .order_by(Event.id)
-        .limit(1000)
-    ).scalars()
-    return list(found)
+    return list(conn.execute(LATE, _here(route, cache, topic) | {"p_ids": ids}).scalars())
 
 
 def load_event(conn: Connection, event_id: int) -> Any | None:
     """One stored event (a Row), or None if it is gone."""
-    return conn.execute(select(Event).where(Event.id == event_id)).first()
+    return conn.execute(LOAD, {"p_event_id": event_id}).first()

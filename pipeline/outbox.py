@@ -1,8 +1,10 @@
 """The transactional outbox: a workflow's result becomes rows written with the result itself.
 
-Rows are unique on (route, event_id, kind), so a workflow that runs twice (a redelivered task, a
-re-dispatched canvas) adds nothing. A replay may revive a *dead* row with its new result; a sent
-or pending row is never touched again. ``pipeline.publisher`` sends the pending rows.
+``commit_result`` writes a run's outbox rows, records the run, and (for an ordered route) moves
+the route's cursor, all in one statement, so they commit together or not at all. Rows are unique
+on (route, event_id, kind): a workflow that runs twice adds nothing. A replay may revive a *dead*
+row with its new result; a sent or pending row is never written again. ``pipeline.publisher``
+sends the pending rows.
 
 Outbound topic messages are a JSON envelope ``{"id": "<event id>:<route>", "text": "..."}``: the
 id is stable across retries and replays, so a consumer can drop the one duplicate a crash between
@@ -12,14 +14,43 @@ sending and marking a row sent may cause.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Update,
+    and_,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus
+from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus, WorkflowRun
 from pipeline.routes import Route, render
 from pipeline.workflows import Output
+
+SEND_COLUMNS = (
+    OutboxMessage.id,
+    OutboxMessage.route,
+    OutboxMessage.event_id,
+    OutboxMessage.kind,
+    OutboxMessage.target_cache,
+    OutboxMessage.target_topic,
+    OutboxMessage.target_key,
+    OutboxMessage.payload,
+    OutboxMessage.message_id,
+    OutboxMessage.ordering_key,
+    OutboxMessage.attempts,
+)
+"""What sending a row needs (plus ``due``: whether its retry backoff has passed)."""
 
 
 def message_id(event_id: int, route: str) -> str:
@@ -67,9 +98,7 @@ def outbox_rows(route: Route, event: dict[str, Any], result: Output | None) -> l
         delete = result.cache == "delete"
         if delete or result.cache_value is not None:
             kind = OutboxKind.CACHE_DELETE if delete else OutboxKind.CACHE_SET
-            payload = (
-                {} if delete else {"value": result.cache_value, "ttl_seconds": target.ttl_seconds}
-            )
+            payload = {"value": result.cache_value, "ttl_seconds": target.ttl_seconds}
             rows.append(
                 base
                 | {
@@ -77,51 +106,114 @@ def outbox_rows(route: Route, event: dict[str, Any], result: Output | None) -> l
                     "target_cache": render(target.cache, values),
                     "target_topic": None,
                     "target_key": render(target.key, values),
-                    "payload": payload,
+                    "payload": {} if delete else payload,
                     "message_id": f"{mid}:{kind.value}",
                 }
             )
     return rows
 
 
-def write_rows(
-    conn: Connection, route: str, event_id: int, rows: list[dict[str, Any]], *, revive: bool = False
-) -> list[int]:
-    """Insert rows (once per route, event and kind); return the ids of the event's pending rows.
+ROW_COLUMNS = (
+    "route",
+    "event_id",
+    "kind",
+    "target_cache",
+    "target_topic",
+    "target_key",
+    "payload",
+    "message_id",
+    "ordering_key",
+    "status",
+)
 
-    ``revive`` (replays) puts a dead row back to pending with the new result.
+
+def commit_result(
+    conn: Connection,
+    route: str,
+    event_id: int,
+    rows: list[dict[str, Any]],
+    *,
+    key: str | None,
+    revive: bool = False,
+    run_status: str = "done",
+    move: tuple[Update, dict[str, Any]] | None = None,
+) -> Sequence[Any]:
+    """Write the rows, record the run and apply ``move`` (a cursor move) in ONE statement.
+
+    Returns the rows now pending to send, oldest first: the ordering key's (earlier leftovers
+    included) for an ordered route, else the event's.
     """
-    if rows:
-        stmt = pg_insert(OutboxMessage).values(rows)
+    statement = _commit_statement(len(rows), revive, move[0] if move else None, key is not None)
+    params: dict[str, Any] = {"p_route": route, "p_event_id": event_id, "p_run_status": run_status}
+    params["p_key"] = key
+    params |= move[1] if move else {}
+    for i, row in enumerate(rows):
+        params |= {f"r{i}_{name}": row[name] for name in ROW_COLUMNS}
+    return conn.execute(statement, params).all()
+
+
+@lru_cache(maxsize=64)
+def _commit_statement(n_rows: int, revive: bool, move: Update | None, keyed: bool) -> Any:
+    """The statement of ``commit_result`` for one shape, built once (with bound parameters)."""
+    route: Any = bindparam("p_route")
+    event_id: Any = bindparam("p_event_id")
+    status: Any = bindparam("p_run_status")
+    run = (
+        pg_insert(WorkflowRun)
+        .values(route=route, event_id=event_id, status=status, finished_at=func.now())
+        .on_conflict_do_update(
+            index_elements=["route", "event_id"], set_={"status": status, "finished_at": func.now()}
+        )
+        .returning(WorkflowRun.route)
+        .cte("run")
+    )
+    ctes = [run] if move is None else [run, move.returning(literal(1)).cte("moved")]
+    mine = (
+        OutboxMessage.ordering_key == bindparam("p_key")
+        if keyed
+        else and_(OutboxMessage.route == route, OutboxMessage.event_id == event_id)
+    )
+    due = (OutboxMessage.next_attempt_at <= func.now()).label("due")
+    queries = [select(*SEND_COLUMNS, due).where(OutboxMessage.status == OutboxStatus.PENDING, mine)]
+    if n_rows:
+        table = OutboxMessage.__table__.c
+        # INSERT … SELECT, not a multi-row VALUES: SQLAlchemy caches the compiled form of this.
+        selects = [
+            select(*(_typed(f"r{i}_{name}", table[name].type) for name in ROW_COLUMNS))
+            for i in range(n_rows)
+        ]
+        source = selects[0] if n_rows == 1 else union_all(*selects)
+        stmt = pg_insert(OutboxMessage).from_select(ROW_COLUMNS, source)
         if revive:
-            excluded = stmt.excluded
             stmt = stmt.on_conflict_do_update(
                 constraint="uq_outbox_route_event_id_kind",
-                set_={
-                    "target_cache": excluded.target_cache,
-                    "target_topic": excluded.target_topic,
-                    "target_key": excluded.target_key,
-                    "payload": excluded.payload,
-                    "status": OutboxStatus.PENDING,
-                    "attempts": 0,
-                    "next_attempt_at": func.now(),
-                    "last_error": None,
-                },
+                set_=_revived(stmt.excluded),
                 where=OutboxMessage.status == OutboxStatus.DEAD,
             )
         else:
             stmt = stmt.on_conflict_do_nothing(constraint="uq_outbox_route_event_id_kind")
-        conn.execute(stmt)
-    pending = conn.execute(
-        select(OutboxMessage.id)
-        .where(
-            OutboxMessage.route == route,
-            OutboxMessage.event_id == event_id,
-            OutboxMessage.status == OutboxStatus.PENDING,
-        )
-        .order_by(OutboxMessage.id)
-    ).scalars()
-    return list(pending)
+        new = stmt.returning(*SEND_COLUMNS).cte("new")
+        queries.append(select(*new.c, literal(True).label("due")))
+    both = union_all(*queries).subquery("pending")
+    return select(*both.c).order_by(both.c.id).add_cte(*ctes)
+
+
+def _typed(name: str, type_: Any) -> Any:
+    """A bound parameter converted by, and cast in SQL to, a column's type (enums need both)."""
+    return cast(bindparam(name, type_=type_), type_)
+
+
+def _revived(excluded: Any) -> dict[str, Any]:
+    return {
+        "target_cache": excluded.target_cache,
+        "target_topic": excluded.target_topic,
+        "target_key": excluded.target_key,
+        "payload": excluded.payload,
+        "status": OutboxStatus.PENDING,
+        "attempts": 0,
+        "next_attempt_at": func.now(),
+        "last_error": None,
+    }
 
 
 def latest_cache_value(conn: Connection, cache: str, key: str) -> str | None:
@@ -150,17 +242,15 @@ def dead_letter(conn: Connection, kind: str, reason: str, payload: dict[str, Any
     conn.execute(insert(DeadLetter).values(kind=kind, reason=reason[:2000], payload=payload))
 
 
-def resolve_dead_letters(conn: Connection, kind: str, route: str, event_id: int) -> int:
-    """Mark a route's dead letters of an event resolved (a replay took them); returns how many."""
+def resolve_dead_letters(conn: Connection, route: str, event_id: int) -> int:
+    """Mark a run's dead letters (workflow and publish) resolved: a replay took them."""
     result = conn.execute(
         update(DeadLetter)
         .where(
-            and_(
-                DeadLetter.kind == kind,
-                DeadLetter.resolved_at.is_(None),
-                DeadLetter.payload["route"].astext == route,
-                DeadLetter.payload["event_id"].astext == str(event_id),
-            )
+            DeadLetter.kind.in_(("workflow", "publish")),
+            DeadLetter.resolved_at.is_(None),
+            DeadLetter.payload["route"].astext == route,
+            DeadLetter.payload["event_id"].astext == str(event_id),
         )
         .values(resolved_at=func.now())
     )

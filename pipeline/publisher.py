@@ -1,38 +1,47 @@
 """Sends outbox rows to Momento (topic publish, cache set/delete) and records what happened.
 
-Each row is sent in its own transaction that holds the row locked (FOR UPDATE SKIP LOCKED) from
-claim to mark, so two workers never send the same row. A worker that dies after Momento accepted
-a row but before its transaction committed leaves the row pending: it is sent again, once per
-such crash, under the same message id. Rows of an ordered route share an ordering key and are
-sent strictly in id order under a per-key advisory lock; a row waiting for a retry holds back the
-rows behind it. Every send first takes a token from the global TokenBucket.
+Who may send a row: an unordered row goes to whoever claims it with SELECT … FOR UPDATE SKIP
+LOCKED, and stays locked from claim to mark. An ordered route's rows go, strictly in id order,
+to whoever holds the route's per-topic advisory lock (the driver of that topic, or a drain that
+got the lock), and a row waiting for a retry holds back the rows behind it. A worker that dies
+after Momento accepted a row but before marking it leaves the row pending: it is sent again,
+once per such crash, under the same message id. Every send first takes a token from the global
+TokenBucket.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
 from typing import Any, Protocol
 
 import redis
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, literal, select, update
 
 from pipeline import momento_client
 from pipeline.celery_app import broker_url
 from pipeline.config import Settings
 from pipeline.errors import MomentoError
-from pipeline.models import OutboxKind, OutboxMessage, OutboxStatus
-from pipeline.outbox import dead_letter, envelope
+from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus
+from pipeline.outbox import SEND_COLUMNS, envelope
 from pipeline.ratelimit import LocalBucket, TokenBucket
 
 logger = logging.getLogger(__name__)
 
 BUCKET_KEY = "pipeline:publish-bucket"
-_CLAIM = select(OutboxMessage).where(
-    OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.next_attempt_at <= func.now()
+MARK_SENT = (
+    update(OutboxMessage)
+    .where(OutboxMessage.id == bindparam("p_id"))
+    .values(
+        status=OutboxStatus.SENT,
+        sent_at=func.now(),
+        attempts=OutboxMessage.attempts + 1,
+        last_error=None,
+    )
 )
 
 
@@ -60,9 +69,19 @@ class SendReport:
             self.retry_in_s = min(self.retry_in_s or other.retry_in_s, other.retry_in_s)
 
 
-def lock_id(namespace: str, key: str) -> Any:
-    """A bigint advisory-lock id for ``key`` (collisions only serialize, never break order)."""
-    return func.hashtextextended(f"{namespace}\x1f{key}", 0)
+def lock_id(key: str) -> Any:
+    """The bigint advisory lock of an ordered route's topic (collisions only serialize)."""
+    return func.hashtextextended(key, 0)
+
+
+def try_lock(conn: Connection, key: str) -> bool:
+    """Take a topic's session advisory lock if free (``conn`` should be in autocommit)."""
+    return bool(conn.execute(select(func.pg_try_advisory_lock(lock_id(key)))).scalar())
+
+
+def unlock(conn: Connection, key: str) -> None:
+    """Let a topic's session advisory lock go."""
+    conn.execute(select(func.pg_advisory_unlock(lock_id(key))))
 
 
 def make_bucket(settings: Settings) -> Bucket:
@@ -100,76 +119,100 @@ class Publisher:
             if client is not None:
                 momento_client.close_client(client)
 
-    def send_ids(self, ids: list[int]) -> SendReport:
-        """Send rows just written (their ordered keys are drained in order, waiting for the key)."""
+    # -- ordered rows: the caller holds the topic's lock ----------------------------------------
+
+    def send_locked(self, conn: Connection, rows: Sequence[Any]) -> SendReport:
+        """Send an ordering key's pending rows in id order; stop at one that must wait.
+
+        The caller holds the key's advisory lock, so the rows are its alone; ``conn`` is in
+        autocommit, so each row is marked the moment it is sent.
+        """
         report = SendReport()
-        if not ids:
-            return report
+        for row in rows:
+            if not row.due:
+                break
+            step = self._attempt(conn, row)
+            report.add(step)
+            if step.retried:
+                break
+        return report
+
+    def flush_key(self, conn: Connection, key: str) -> SendReport:
+        """Send what an ordering key has pending (leftovers of crashes, late runs, replays)."""
+        due = (OutboxMessage.next_attempt_at <= func.now()).label("due")
+        rows = conn.execute(
+            select(*SEND_COLUMNS, due)
+            .where(OutboxMessage.ordering_key == key, OutboxMessage.status == OutboxStatus.PENDING)
+            .order_by(OutboxMessage.id)
+        ).all()
+        return self.send_locked(conn, rows) if rows else SendReport()
+
+    def try_flush_key(self, key: str) -> SendReport:
+        """``flush_key`` if the key's lock is free; its holder sends the rows otherwise."""
+        with self.engine.connect() as raw:
+            conn = raw.execution_options(isolation_level="AUTOCOMMIT")
+            if not try_lock(conn, key):
+                return SendReport()
+            try:
+                return self.flush_key(conn, key)
+            finally:
+                unlock(conn, key)
+
+    # -- unordered rows: claimed with SKIP LOCKED ------------------------------------------------
+
+    def send_one(self, outbox_id: int) -> SendReport:
+        """Claim and send one unordered row, unless another worker has it or it is not due."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(*SEND_COLUMNS, literal(True).label("due"))
+                .where(
+                    OutboxMessage.id == outbox_id,
+                    OutboxMessage.status == OutboxStatus.PENDING,
+                    OutboxMessage.next_attempt_at <= func.now(),
+                )
+                .with_for_update(skip_locked=True)
+            ).first()
+            return SendReport() if row is None else self._attempt(conn, row)
+
+    def send_rows(self, rows: Sequence[Any]) -> SendReport:
+        """Send rows a run just committed: unordered ones by claim, ordered keys via their lock."""
+        report = SendReport()
+        keys = sorted({row.ordering_key for row in rows if row.ordering_key is not None})
+        for key in keys:
+            report.add(self.try_flush_key(key))
+        for row in rows:
+            if row.ordering_key is None:
+                report.add(self.send_one(row.id))
+        return report
+
+    def send_ids(self, ids: list[int]) -> SendReport:
+        """``send_rows`` for rows known by id (still pending and due, or they are skipped)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(OutboxMessage.id, OutboxMessage.ordering_key).where(
                     OutboxMessage.id.in_(ids)
                 )
             ).all()
-        keys = sorted({row.ordering_key for row in rows if row.ordering_key is not None})
-        for key in keys:
-            report.add(self.drain_key(key, wait=True))
-        for row in rows:
-            if row.ordering_key is None:
-                report.add(self.send_one(row.id))
-        return report
+        return self.send_rows(rows)
 
     def drain(self, limit: int = 500) -> SendReport:
         """Send whatever is due (the periodic safety net); busy ordered keys are left alone."""
-        report = SendReport()
         with self.engine.connect() as conn:
-            due = _CLAIM.with_only_columns(OutboxMessage.id, OutboxMessage.ordering_key)
-            rows = conn.execute(due.order_by(OutboxMessage.id).limit(limit)).all()
-        for key in sorted({row.ordering_key for row in rows if row.ordering_key is not None}):
-            report.add(self.drain_key(key, wait=False))
-        for row in rows:
-            if row.ordering_key is None:
-                report.add(self.send_one(row.id))
-        return report
+            rows = conn.execute(
+                select(OutboxMessage.id, OutboxMessage.ordering_key)
+                .where(
+                    OutboxMessage.status == OutboxStatus.PENDING,
+                    OutboxMessage.next_attempt_at <= func.now(),
+                )
+                .order_by(OutboxMessage.id)
+                .limit(limit)
+            ).all()
+        return self.send_rows(rows)
 
-    def send_one(self, outbox_id: int) -> SendReport:
-        """Claim and send one unordered row, unless another worker has it or it is not due."""
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                _CLAIM.where(OutboxMessage.id == outbox_id).with_for_update(skip_locked=True)
-            ).first()
-            return SendReport() if row is None else self._attempt(conn, row)
-
-    def drain_key(self, key: str, *, wait: bool) -> SendReport:
-        """Send an ordering key's pending rows in id order; stop at one that must wait."""
-        report = SendReport()
-        while True:
-            with self.engine.begin() as conn:
-                take = func.pg_advisory_xact_lock if wait else func.pg_try_advisory_xact_lock
-                locked = conn.execute(select(take(lock_id("outbox", key)))).scalar()
-                if not wait and not locked:
-                    return report
-                row = conn.execute(
-                    select(
-                        OutboxMessage, (OutboxMessage.next_attempt_at <= func.now()).label("due")
-                    )
-                    .where(
-                        OutboxMessage.ordering_key == key,
-                        OutboxMessage.status == OutboxStatus.PENDING,
-                    )
-                    .order_by(OutboxMessage.id)
-                    .limit(1)
-                    .with_for_update(of=OutboxMessage)
-                ).first()
-                if row is None or not row.due:
-                    return report
-                step = self._attempt(conn, row)
-            report.add(step)
-            if step.retried:
-                return report
+    # -- one row ------------------------------------------------------------------------------
 
     def _attempt(self, conn: Connection, row: Any) -> SendReport:
-        """Send one claimed row and record the outcome in the claiming transaction."""
+        """Send one row that is this caller's alone and record the outcome through ``conn``."""
         try:
             self.bucket.acquire()
             self._perform(row)
@@ -182,16 +225,7 @@ class Publisher:
             if row.attempts + 1 < self.settings.pipeline_publish_max_attempts:
                 return self._retry_later(conn, row, repr(exc))
             return self._give_up(conn, row, type(exc).__name__, repr(exc))
-        conn.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id == row.id)
-            .values(
-                status=OutboxStatus.SENT,
-                sent_at=func.now(),
-                attempts=OutboxMessage.attempts + 1,
-                last_error=None,
-            )
-        )
+        conn.execute(MARK_SENT, {"p_id": row.id})
         return SendReport(sent=1)
 
     def _perform(self, row: Any) -> None:
@@ -223,27 +257,35 @@ class Publisher:
         return SendReport(retried=1, retry_in_s=delay_s)
 
     def _give_up(self, conn: Connection, row: Any, code: str, reason: str) -> SendReport:
-        conn.execute(
+        """Mark the row dead and dead-letter it, in one statement (``conn`` may autocommit)."""
+        marked = (
             update(OutboxMessage)
             .where(OutboxMessage.id == row.id)
             .values(
                 status=OutboxStatus.DEAD, attempts=OutboxMessage.attempts + 1, last_error=reason
             )
+            .returning(OutboxMessage.id)
+            .cte("marked")
         )
-        dead_letter(
-            conn,
-            "publish",
-            reason,
-            {
-                "outbox_id": row.id,
-                "route": row.route,
-                "event_id": row.event_id,
-                "kind": row.kind.value,
-                "target_cache": row.target_cache,
-                "target_topic": row.target_topic,
-                "target_key": row.target_key,
-                "code": code,
-            },
+        payload = {
+            "outbox_id": row.id,
+            "route": row.route,
+            "event_id": row.event_id,
+            "kind": row.kind.value,
+            "target_cache": row.target_cache,
+            "target_topic": row.target_topic,
+            "target_key": row.target_key,
+            "code": code,
+        }
+        conn.execute(
+            insert(DeadLetter).from_select(
+                ["kind", "reason", "payload"],
+                select(
+                    literal("publish"),
+                    literal(reason[:2000]),
+                    literal(payload, DeadLetter.payload.type),
+                ).select_from(marked),
+            )
         )
         logger.warning("send dead id=%d route=%s code=%s", row.id, row.route, code)
         return SendReport(dead=1)

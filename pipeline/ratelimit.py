@@ -3,7 +3,10 @@
 Momento accounts have per-second operation quotas, so outbound operations are limited globally,
 not per process. The script reads Redis's own clock (TIME), so workers on machines whose clocks
 disagree still share one rate. The bucket holds at most ``burst`` tokens; with the default burst
-(a tenth of a second's worth, at least 1) no one-second window sees more than rate + burst.
+(a tenth of a second's worth, at least 1) no one-second window sees more than rate + burst
+tokens granted. A process takes up to ``min(burst, 32)`` tokens per round trip and must use them
+within burst / rate seconds, so busy workers touch Redis rarely, and operations in any window of
+W seconds stay within rate x W + 2 x burst (exactly rate x W + 1 with burst 1).
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import redis
 
 logger = logging.getLogger(__name__)
 
-# KEYS[1]: bucket hash. ARGV: rate per second, burst. Returns 0 (token taken) or ms to wait.
-TAKE_TOKEN = """
+# KEYS[1]: bucket hash. ARGV: rate per second, burst, tokens wanted.
+# Returns {tokens granted, 0} or {0, ms to wait for one}.
+TAKE_TOKENS = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + tonumber(now[2]) / 1000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
@@ -31,15 +36,17 @@ if tokens == nil or at == nil then
   at = now_ms
 end
 tokens = math.min(burst, tokens + math.max(0, now_ms - at) * rate / 1000)
+local granted = 0
 local wait = 0
 if tokens >= 1 then
-  tokens = tokens - 1
+  granted = math.min(want, math.floor(tokens))
+  tokens = tokens - granted
 else
   wait = math.ceil((1 - tokens) * 1000 / rate)
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now_ms))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return wait
+return {granted, wait}
 """
 
 
@@ -61,11 +68,22 @@ class TokenBucket:
         self.burst = burst if burst is not None else default_burst(rate_per_s)
         if self.burst < 1:
             raise ValueError(f"burst must be >= 1, got {self.burst}")
-        self._script: Any = client.register_script(TAKE_TOKEN)
+        self.batch = max(1, min(int(self.burst), 32))
+        self._script: Any = client.register_script(TAKE_TOKENS)
+        self._stash = 0
+        self._stash_until = 0.0
 
     def try_acquire(self) -> float:
         """Take a token if one is there; else return the seconds until one will be."""
-        wait_ms = int(self._script(keys=[self.key], args=[self.rate_per_s, self.burst]))
+        now = time.monotonic()
+        if self._stash > 0 and now < self._stash_until:
+            self._stash -= 1
+            return 0.0
+        args = [self.rate_per_s, self.burst, self.batch]
+        granted, wait_ms = (int(v) for v in self._script(keys=[self.key], args=args))
+        if granted:
+            self._stash, self._stash_until = granted - 1, now + self.burst / self.rate_per_s
+            return 0.0
         return wait_ms / 1000
 
     def acquire(self, timeout_s: float = 60.0) -> None:

@@ -3,26 +3,34 @@
 Unordered routes run one event per task, on any worker. Ordered routes are driven per topic by
 ``drive_topic``: whoever holds the topic's advisory lock runs the released events one after the
 other (a task workflow in place; a canvas is started and its final callback, ``complete``, moves
-the cursor and drives on). Failures are retried with backoff, then dead-lettered (kind
-"workflow") and skipped, so one bad event cannot stall a topic forever.
+the cursor and drives on), sending each result's outbox rows before the next event runs.
+Failures are retried with backoff, then dead-lettered (kind "workflow") and skipped, so one bad
+event cannot stall a topic forever.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from celery import Celery
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from pipeline import ordering
 from pipeline.config import Settings
 from pipeline.models import WorkflowRun
-from pipeline.outbox import dead_letter, outbox_rows, resolve_dead_letters, write_rows
-from pipeline.publisher import Publisher, lock_id
+from pipeline.outbox import (
+    commit_result,
+    dead_letter,
+    ordering_key,
+    outbox_rows,
+    resolve_dead_letters,
+)
+from pipeline.publisher import Publisher, SendReport, try_lock, unlock
 from pipeline.routes import Route, RouteTable
 from pipeline.workflows import event_view, parse_output, resolve_workflow
 
@@ -45,19 +53,6 @@ class Attempt:
 def backoff_s(attempt: int) -> float:
     """Seconds before retry number ``attempt`` (1, 2, 4 … capped at 60, with jitter)."""
     return float(min(60.0, 2.0 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2))
-
-
-def record_run(conn: Connection, route: str, event_id: int, status: str) -> None:
-    """Record how a run ended ("done" or "failed"); an ordered route's event gets its row here."""
-    stmt = pg_insert(WorkflowRun).values(
-        route=route, event_id=event_id, status=status, finished_at=func.now()
-    )
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["route", "event_id"],
-            set_={"status": status, "finished_at": func.now()},
-        )
-    )
 
 
 def claim_runs(
@@ -97,30 +92,29 @@ class WorkflowRunner:
         self.app = app
         self.publisher = publisher
 
-    # -- one event (unordered routes, replays) ------------------------------------------------
+    # -- one event: unordered routes, late events, replays ------------------------------------
 
     def run_event(self, route_name: str, event_id: int, *, mode: Mode, attempt: int) -> Outcome:
-        """Run one event's workflow outside any cursor ("single" or "replay").
-
-        Returns "retry" when the caller should try again after a backoff.
-        """
+        """Run one event's workflow outside any cursor; "retry": try again after a backoff."""
         route = self.routes.get(route_name)
         with self.engine.connect() as conn:
             row = ordering.load_event(conn, event_id)
-        if row is None:
-            logger.warning("event gone route=%s event=%d", route_name, event_id)
-            return "missing"
-        if not resolve_workflow(route.workflow).is_task:
-            self.start_canvas(route, row, mode=mode)
-            return "started"
-        result = self.attempt(route, row)
-        if result.error is not None:
-            max_attempts = self.settings.pipeline_workflow_max_attempts
-            if result.retry and attempt + 1 < max_attempts:
-                return "retry"
-            self.fail(route_name, event_id, result.error, mode=mode)
-            return "dead"
-        self._commit(route, row, result.rows, mode=mode)
+            conn.rollback()
+            if row is None:
+                logger.warning("event gone route=%s event=%d", route_name, event_id)
+                return "missing"
+            if not resolve_workflow(route.workflow).is_task:
+                self.start_canvas(route, row, mode=mode)
+                return "started"
+            result = self.attempt(route, row)
+            if result.error is not None:
+                if result.retry and attempt + 1 < self.settings.pipeline_workflow_max_attempts:
+                    return "retry"
+                self.fail(route_name, event_id, result.error, mode=mode)
+                return "dead"
+            with conn.begin():
+                pending = self._commit(conn, route, row, result.rows, mode=mode)
+        self._sent(self.publisher.send_rows(pending))
         return "done"
 
     def attempt(self, route: Route, row: Any) -> Attempt:
@@ -147,18 +141,21 @@ class WorkflowRunner:
     def complete(self, result: Any, route_name: str, event_id: int, *, mode: Mode) -> None:
         """A canvas finished: commit the result and outbox rows (and move an ordered cursor)."""
         route = self.routes.get(route_name)
-        with self.engine.connect() as conn:
+        with self.engine.begin() as conn:
             row = ordering.load_event(conn, event_id)
-        if row is None:
-            return
-        try:
-            rows = outbox_rows(route, event_view(row), parse_output(result))
-        except ValueError as exc:
-            self.fail(route_name, event_id, f"bad workflow result: {exc}", mode=mode)
-            return
-        self._commit(route, row, rows, mode=mode, inflight=True)
+            if row is None:
+                return
+            try:
+                rows = outbox_rows(route, event_view(row), parse_output(result))
+            except ValueError as exc:
+                conn.rollback()
+                self.fail(route_name, event_id, f"bad workflow result: {exc}", mode=mode)
+                return
+            pending = self._commit(conn, route, row, rows, mode=mode, inflight=True)
         if mode == "ordered":
-            self.drive_topic(route, row.cache, row.topic)
+            self.drive_topic(route, row.cache, row.topic)  # sends the rows, then runs the next
+        else:
+            self._sent(self.publisher.send_rows(pending))
 
     def fail(
         self, route_name: str, event_id: int, reason: str, *, mode: Mode, inline: bool = False
@@ -171,7 +168,7 @@ class WorkflowRunner:
         route = self.routes.get(route_name)
         with self.engine.begin() as conn:
             row = ordering.load_event(conn, event_id)
-            payload = {"route": route_name, "event_id": event_id}
+            payload: dict[str, Any] = {"route": route_name, "event_id": event_id}
             if row is not None:
                 payload |= {
                     "cache": row.cache,
@@ -179,31 +176,35 @@ class WorkflowRunner:
                     "seq": row.topic_sequence_number,
                 }
             dead_letter(conn, "workflow", reason, payload)
+            move = None
             if mode == "ordered" and row is not None:
-                ordering.move_past(conn, route_name, row, expect_inflight=not inline)
-            record_run(conn, route_name, event_id, "failed")
+                move = ordering.move_cursor(route_name, row, expect_inflight=not inline)
+            commit_result(conn, route_name, event_id, [], key=None, run_status="failed", move=move)
         logger.warning("workflow dead route=%s event=%d reason=%s", route_name, event_id, reason)
         if not inline and mode == "ordered" and row is not None:
             self.drive_topic(route, row.cache, row.topic)
 
     def _commit(
         self,
+        conn: Connection,
         route: Route,
         row: Any,
         rows: list[dict[str, Any]],
         *,
         mode: Mode,
         inflight: bool = False,
-    ) -> None:
-        with self.engine.begin() as conn:
-            ids = write_rows(conn, route.name, row.id, rows, revive=mode == "replay")
-            if mode == "ordered":
-                ordering.move_past(conn, route.name, row, expect_inflight=inflight)
-            record_run(conn, route.name, row.id, "done")
-            if mode == "replay":
-                for kind in ("workflow", "publish"):
-                    resolve_dead_letters(conn, kind, route.name, row.id)
-        report = self.publisher.send_ids(ids)
+    ) -> Any:
+        move = None
+        if mode == "ordered":
+            move = ordering.move_cursor(route.name, row, expect_inflight=inflight)
+        elif mode == "replay":
+            resolve_dead_letters(conn, route.name, row.id)
+        key = ordering_key(route, row.cache, row.topic) if mode == "ordered" else None
+        return commit_result(
+            conn, route.name, row.id, rows, key=key, revive=mode == "replay", move=move
+        )
+
+    def _sent(self, report: SendReport) -> None:
         if report.retry_in_s is not None:
             self.app.send_task("tasks.publish.drain", countdown=report.retry_in_s)
 
@@ -218,83 +219,85 @@ class WorkflowRunner:
         released while it was finishing is never left waiting for the periodic sweep. Of
         ``new_ids``, those the cursor already passed (they arrived too late) run on their own.
         """
-        lock = lock_id("route", f"{route.name}\x1f{cache}\x1f{topic}")
+        key = f"{route.name}\x1f{cache}\x1f{topic}"
         ran = 0
-        with self.engine.connect() as conn:
-            if new_ids:
-                self._run_late(conn, route, cache, topic, new_ids)
+        with self.engine.connect() as raw:
+            conn = raw.execution_options(isolation_level="AUTOCOMMIT")
             while True:
-                locked = bool(conn.execute(select(func.pg_try_advisory_lock(lock))).scalar())
-                conn.commit()
-                if not locked:
+                if not try_lock(conn, key):
+                    if new_ids:
+                        late = ordering.late_events(conn, route.name, cache, topic, new_ids)
+                        self._run_late_for(route, late)
                     return ran
                 try:
-                    ran += self._drive_locked(conn, route, cache, topic)
+                    ran += self._drive_locked(conn, route, cache, topic, new_ids or [])
                 finally:
-                    conn.execute(select(func.pg_advisory_unlock(lock)))
-                    conn.commit()
-                if not self.has_work(conn, route, cache, topic):
+                    unlock(conn, key)
+                new_ids = None
+                if self._next(conn, route, cache, topic)[0] is None:
                     return ran
 
-    def _run_late(
-        self, conn: Connection, route: Route, cache: str, topic: str, ids: list[int]
-    ) -> None:
-        with conn.begin():
-            late = ordering.late_events(conn, route.name, cache, topic, ids)
+    def _run_late_for(self, route: Route, late: Sequence[int]) -> None:
+        if not late:
+            return
+        with self.engine.begin() as conn:
             claimed = claim_runs(conn, [(route.name, event_id) for event_id in late], again=False)
         for name, event_id in claimed:
-            logger.warning(
-                "late event runs out of order route=%s topic=%s event=%d", name, topic, event_id
-            )
+            logger.warning("late event runs out of order route=%s event=%d", name, event_id)
             self.app.send_task("tasks.workflows.run", args=(name, event_id, "single"))
 
-    def has_work(self, conn: Connection, route: Route, cache: str, topic: str) -> bool:
-        """Whether a topic has an event to run now (or a stalled canvas to restart)."""
-        with conn.begin():
-            return self._due(conn, route, cache, topic)[0] is not None
-
-    def _due(self, conn: Connection, route: Route, cache: str, topic: str) -> tuple[Any, int]:
-        """Lock the cursor; return the event to run now (or None) and its failed attempts."""
-        at = ordering.lock_cursor(conn, route.name, cache, topic)
+    def _next(
+        self,
+        conn: Connection,
+        route: Route,
+        cache: str,
+        topic: str,
+        late_of: Sequence[int] = (),
+    ) -> tuple[Any | None, ordering.Peek]:
+        """The event to run now (a stalled canvas's, to restart; None if none may run), and the
+        cursor it was found at."""
+        at = ordering.peek(conn, route.name, cache, topic, late_of)
+        if at is None:
+            ordering.ensure_cursor(conn, route.name, cache, topic)
+            at = ordering.peek(conn, route.name, cache, topic, late_of)
+            assert at is not None
         if at.inflight_event_id is not None:
             since = at.inflight_since or at.now
             if (at.now - since).total_seconds() < self.settings.pipeline_workflow_stall_s:
-                return None, at.attempts
-            logger.warning(
-                "canvas stalled route=%s topic=%s event=%d",
-                route.name,
-                topic,
-                at.inflight_event_id,
-            )
-            return ordering.load_event(conn, at.inflight_event_id), at.attempts
+                return None, at
+            logger.warning("canvas stalled route=%s event=%d", route.name, at.inflight_event_id)
+            return ordering.load_event(conn, at.inflight_event_id), at
         if at.retry_at is not None and at.retry_at > at.now:
-            return None, at.attempts
-        return ordering.next_event(conn, cache, topic, at), at.attempts
+            return None, at
+        return at.event, at
 
-    def _drive_locked(self, conn: Connection, route: Route, cache: str, topic: str) -> int:
+    def _drive_locked(
+        self, conn: Connection, route: Route, cache: str, topic: str, new_ids: list[int]
+    ) -> int:
         ran = 0
         is_task = resolve_workflow(route.workflow).is_task
-        while True:
-            with conn.begin():
-                row, attempts = self._due(conn, route, cache, topic)
-                if row is None:
-                    return ran
-                if not is_task:
-                    ordering.mark_inflight(conn, route.name, row)
+        row, at = self._next(conn, route, cache, topic, new_ids)
+        self._run_late_for(route, at.late)
+        if at.pending:  # leftovers: a crash, a late run or a replay left rows to send first
+            self._sent(self.publisher.flush_key(conn, f"{route.name}\x1f{cache}\x1f{topic}"))
+        while row is not None:
             if not is_task:
+                ordering.mark_inflight(conn, route.name, row)
                 self.start_canvas(route, row, mode="ordered")
                 return ran
             result = self.attempt(route, row)
             if result.error is None:
-                self._commit(route, row, result.rows, mode="ordered")
-            elif result.retry and attempts + 1 < self.settings.pipeline_workflow_max_attempts:
-                delay_s = backoff_s(attempts + 1)
-                with conn.begin():
-                    ordering.hold_for_retry(conn, route.name, row, delay_s)
+                pending = self._commit(conn, route, row, result.rows, mode="ordered")
+                self._sent(self.publisher.send_locked(conn, pending))
+            elif result.retry and at.attempts + 1 < self.settings.pipeline_workflow_max_attempts:
+                delay_s = backoff_s(at.attempts + 1)
+                ordering.hold_for_retry(conn, route.name, row, delay_s)
                 self.app.send_task(
                     "tasks.workflows.advance", args=(route.name, cache, topic), countdown=delay_s
                 )
                 return ran
             else:
-                self.fail(route.name, row.id, result.error, mode="ordered", inline=True)
+                self.fail(route.name, row.id, result.error or "", mode="ordered", inline=True)
             ran += 1
+            row, at = self._next(conn, route, cache, topic)
+        return ran

@@ -1,0 +1,258 @@
+"""End-to-end latency of a routed workflow, from SDK publish to SDK subscriber receipt.
+
+    SDK publish → local Momento server → signed webhook → receiver → broker → ingest (store and
+    sequence) → workflow (uppercase) → outbox → SDK publish → local Momento server → SDK subscriber
+
+Every part is real and runs as it would in production, each in its own process: embedded Postgres
+and Valkey, `pipeline emulator`, `pipeline receiver`, `pipeline worker`. The benchmark process
+publishes at a fixed rate (open loop: a slow pipeline does not slow the publisher down) and
+subscribes to the outbound topic; each message carries its publish time, so latency is measured
+on one clock.
+
+    .venv/bin/python benchmarks/e2e_latency.py                     # 200 events/s for 20 s, ordered
+    .venv/bin/python benchmarks/e2e_latency.py --rate 200 --seconds 30 --unordered
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import click
+import httpx
+
+from pipeline import migrate
+from pipeline import momento_client as mc
+from pipeline.config import Settings
+from pipeline.services import running_services
+
+CACHE, INBOUND, OUTBOUND = "bench", "in", "out"
+SECRET = "benchmark-secret-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except (OSError, httpx.HTTPError):
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{what} did not come up within {timeout_s} s")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Processes:
+    """Child processes, each in its own session, stopped in reverse order."""
+
+    def __init__(self, env: dict[str, str], verbose: bool) -> None:
+        self.env = env
+        self.verbose = verbose
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str) -> None:
+        command = [sys.executable, "-m", "pipeline.cli", *args]
+        self.children.append(
+            subprocess.Popen(
+                command,
+                env=self.env,
+                start_new_session=True,
+                stdout=None if self.verbose else subprocess.DEVNULL,
+                stderr=None if self.verbose else subprocess.DEVNULL,
+            )
+        )
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGTERM)
+        for child in reversed(self.children):
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+
+
+def routes(path: Path, ordered: bool) -> Path:
+    path.write_text(
+        f"""
+[[routes]]
+name = "bench"
+cache = "{CACHE}"
+topic = "{INBOUND}"
+workflow = "tasks.examples:uppercase"
+ordered = {str(ordered).lower()}
+publish = {{ cache = "{{cache}}", topic = "{OUTBOUND}" }}
+"""
+    )
+    return path
+
+
+async def publish_open_loop(address: str, rate: float, count: int) -> None:
+    """Publish ``count`` messages at ``rate``/s on schedule, each carrying its send time."""
+    client = mc.topic_client_async(Settings(momento_local=address), timeout=mc.PUBLISH_TIMEOUT)
+    start = time.monotonic()
+    pending: set[asyncio.Task[None]] = set()
+    try:
+        for i in range(count):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            text = f"event {i} {time.monotonic_ns()}"
+            task = asyncio.create_task(mc.publish_async(client, CACHE, INBOUND, text))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await asyncio.gather(*pending)
+    finally:
+        await client.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+@click.command()
+@click.option("--rate", default=200.0, show_default=True, help="Events published per second.")
+@click.option("--seconds", default=20.0, show_default=True, help="Measured publishing time.")
+@click.option("--warmup-s", default=3.0, show_default=True, help="Publishing before measuring.")
+@click.option("--workers", default=1, show_default=True, help="`pipeline worker` processes.")
+@click.option("--concurrency", default=2, show_default=True, help="Pool size per worker.")
+@click.option("--unordered", is_flag=True, help="Route without ordered = true.")
+@click.option("-v", "--verbose", is_flag=True, help="Show the children's output.")
+def main(
+    rate: float,
+    seconds: float,
+    warmup_s: float,
+    workers: int,
+    concurrency: int,
+    unordered: bool,
+    verbose: bool,
+) -> None:
+    """Measure publish → subscriber latency through the whole pipeline."""
+    home = Path(tempfile.mkdtemp(prefix="bench-home-"))
+    settings = Settings(pipeline_home=home, database_url=None, celery_broker_url=None)
+    with running_services(settings) as urls:
+        migrate.upgrade(settings.model_copy(update={"database_url": urls.database_url}))
+        grpc_port, receiver_port = free_port(), free_port()
+        address = f"127.0.0.1:{grpc_port}"
+        hook = f"{CACHE}:{INBOUND}=http://127.0.0.1:{receiver_port}/webhooks/momento"
+        env = dict(os.environ) | {
+            "DATABASE_URL": urls.database_url,
+            "CELERY_BROKER_URL": urls.broker_url,
+            "PIPELINE_HOME": str(home),
+            "MOMENTO_LOCAL": address,
+            "PIPELINE_WEBHOOK_SECRETS": SECRET,
+            "PIPELINE_ROUTES": str(routes(home / "routes.toml", not unordered)),
+            "PIPELINE_PUBLISH_RATE_PER_S": str(max(1000.0, 5 * rate)),
+        }
+        children = Processes(env, verbose)
+        try:
+            children.start(
+                "emulator", "--port", str(grpc_port), "--no-admin", "--idle-reset-s", "0",
+                "--cache", CACHE, "--webhook", hook, "--webhook-secret", SECRET,
+            )  # fmt: skip
+            wait_until(lambda: port_open(grpc_port), 30, "emulator")
+            children.start("receiver", "--port", str(receiver_port))
+            ready = f"http://127.0.0.1:{receiver_port}/readyz"
+            wait_until(lambda: httpx.get(ready).status_code == 200, 30, "receiver")
+            for n in range(workers):
+                children.start(
+                    "worker",
+                    "-c",
+                    str(concurrency),
+                    "-n",
+                    f"bench{n}@%h",
+                    "-l",
+                    os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING"),
+                )
+            time.sleep(5)  # workers connect, fork their pools and warm up
+            latencies = measure(address, rate, seconds, warmup_s)
+        finally:
+            children.stop()
+    report(latencies, rate, seconds, workers, concurrency, unordered)
+
+
+def measure(address: str, rate: float, seconds: float, warmup_s: float) -> dict[int, list[float]]:
+    """Publish and collect; returns latencies (ms) by message index (more than one: duplicates)."""
+    warmup, measured = int(rate * warmup_s), int(rate * seconds)
+    total = warmup + measured
+    received: dict[int, list[float]] = {}
+    client = mc.topic_client(Settings(momento_local=address))
+    sub = mc.ResilientSubscription(client, CACHE, OUTBOUND).start()
+    done = threading.Event()
+
+    def collect() -> None:
+        while not done.is_set():
+            event = sub.poll(0.2)
+            if isinstance(event, mc.Message):
+                now_ns = time.monotonic_ns()
+                _, index, sent_ns = json.loads(str(event.value))["text"].split()
+                received.setdefault(int(index), []).append((now_ns - int(sent_ns)) / 1e6)
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    try:
+        asyncio.run(publish_open_loop(address, rate, total))
+        deadline = time.monotonic() + 30
+        while sum(1 for i in received if i >= warmup) < measured and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        done.set()
+        reader.join(5)
+        sub.close()
+        client.close()
+    return {i: v for i, v in received.items() if i >= warmup}
+
+
+def report(
+    latencies: dict[int, list[float]],
+    rate: float,
+    seconds: float,
+    workers: int,
+    concurrency: int,
+    unordered: bool,
+) -> None:
+    firsts = [values[0] for values in latencies.values()]
+    expected = int(rate * seconds)
+    command = shlex.join([sys.executable, *sys.argv])
+    print(f"command      {command}")
+    print(
+        f"setup        {rate:g} events/s for {seconds:g} s, {workers} worker(s) x {concurrency}, "
+        f"{'unordered' if unordered else 'ordered'} uppercase route, {os.cpu_count()} CPUs"
+    )
+    duplicates = sum(len(values) - 1 for values in latencies.values())
+    print(f"received     {len(firsts)}/{expected}  duplicates {duplicates}")
+    if firsts:
+        print(
+            f"latency ms   p50 {percentile(firsts, 50):.1f}  p90 {percentile(firsts, 90):.1f}  "
+            f"p99 {percentile(firsts, 99):.1f}  max {max(firsts):.1f}  "
+            f"mean {statistics.fmean(firsts):.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -96,6 +96,9 @@ def build_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {
             "visibility_timeout": settings.pipeline_visibility_timeout_s,
             "queue_order_strategy": "priority",
+            # kombu scans for such messages every 10 s but by default acts on every 10th scan
+            # only, so a killed worker's batches would wait up to ~100 s past the timeout.
+            "unacked_restore_throttle": 1,
         },
         "result_backend_transport_options": {"visibility_timeout": 900},
         "beat_schedule": beat_schedule(settings),

@@ -313,9 +313,10 @@ def create_app(
 
 def default_collectors(settings: Settings) -> list[Collector]:
     """Gauges read at scrape time: queue depths (broker) and pipeline state (database)."""
+    from pipeline.metrics import DatabaseCollector
     from pipeline.queue_metrics import QueueDepthCollector
 
-    return [QueueDepthCollector(settings)]
+    return [QueueDepthCollector(settings), DatabaseCollector(settings)]
 
 
 def app_from_env() -> WebhookReceiver:

@@ -16,6 +16,7 @@ on one clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import click
 import httpx
+import psutil
 
 from pipeline import migrate
 from pipeline import momento_client as mc
@@ -94,6 +96,33 @@ class Processes:
             except subprocess.TimeoutExpired:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
+
+
+def process_roles(home: Path, children: list[subprocess.Popen[bytes]]) -> dict[str, list[int]]:
+    """Pids by role, for the CPU breakdown: our children, the stores, this process."""
+    roles: dict[str, list[int]] = {"benchmark": [os.getpid()]}
+    names = ["emulator", "receiver"] + ["workers"] * (len(children) - 2)
+    for name, child in zip(names, children, strict=True):
+        roles.setdefault(name, []).append(child.pid)
+    for name, pidfile in (("postgres", "postgres/postmaster.pid"), ("valkey", "valkey/valkey.pid")):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            roles[name] = [int((home / pidfile).read_text().split()[0])]
+    return roles
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes and their descendants (not this one's: all are)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            family = [] if pid == os.getpid() else root.children(recursive=True)
+            for proc in [root, *family]:
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
 
 
 def routes(path: Path, ordered: bool) -> Path:
@@ -190,10 +219,20 @@ def main(
                     os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING"),
                 )
             time.sleep(5)  # workers connect, fork their pools and warm up
+            roles = process_roles(home, children.children)
+            before = {role: cpu_seconds(pids) for role, pids in roles.items()}
             latencies = measure(address, rate, seconds, warmup_s)
+            events = rate * (seconds + warmup_s)
+            cpu_ms = {
+                role: (cpu_seconds(pids) - before[role]) * 1000 / events
+                for role, pids in roles.items()
+            }
         finally:
             children.stop()
     report(latencies, rate, seconds, workers, concurrency, unordered)
+    breakdown = "  ".join(f"{role} {ms:.1f}" for role, ms in cpu_ms.items())
+    print(f"cpu ms/event {breakdown}  (total {sum(cpu_ms.values()):.1f})")
+    print(f"load avg     {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the box)")
 
 
 def measure(address: str, rate: float, seconds: float, warmup_s: float) -> dict[int, list[float]]:

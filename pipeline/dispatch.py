@@ -27,8 +27,10 @@ from pipeline.errors import MalformedBody
 from pipeline.events import parse_webhook, webhook_key
 from pipeline.ingest import StoreResult
 from pipeline.models import Event, RouteCursor, TopicCursorRow, WorkflowRun
+from pipeline.ordering import late_events
+from pipeline.publisher import try_lock, unlock
 from pipeline.routes import Route, RouteTable, glob_regex, routes_for
-from pipeline.runner import claim_runs
+from pipeline.runner import claim_runs, dispatch_late
 
 logger = logging.getLogger(__name__)
 
@@ -71,38 +73,71 @@ def dispatch_stored(
     if not routes.routes or not (result.new_ids or result.replayed):
         UNROUTED_EVENTS.inc(len(result.new_ids))
         return 0
-    with engine.begin() as conn:
-        ids = batch_event_ids(conn, items) if result.replayed else result.new_ids
-        rows = conn.execute(
-            select(Event.id, Event.cache, Event.topic).where(Event.id.in_(ids))
-        ).all()
-        by_topic: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for row in rows:
-            by_topic[(row.cache, row.topic)].append(row.id)
-        matched = {topic: routes.matching(*topic) for topic in by_topic}
-        pairs = [
-            (route.name, event_id)
-            for topic, event_ids in by_topic.items()
-            for route in matched[topic]
-            if not route.ordered
-            for event_id in event_ids
-        ]
-        claimed = claim_runs(conn, pairs, again=False)
+    by_topic = _by_topic(engine, result, items)
+    matched = {topic: routes.matching(*topic) for topic in by_topic}
+    pairs = [
+        (route.name, event_id)
+        for topic, event_ids in by_topic.items()
+        for route in matched[topic]
+        if not route.ordered
+        for event_id in event_ids
+    ]
+    claimed: list[tuple[str, int]] = []
+    if pairs:
+        with engine.begin() as conn:
+            claimed = claim_runs(conn, pairs, again=False)
     UNROUTED_EVENTS.inc(sum(len(by_topic[t]) for t, found in matched.items() if not found))
     for route_name, event_id in claimed:
         app.send_task("tasks.workflows.run", args=(route_name, event_id))
     sent = len(claimed)
-    for (cache, topic), found in sorted(matched.items()):
-        for route in found:
-            if route.ordered:
-                args = (route.name, cache, topic, by_topic[(cache, topic)])
-                app.send_task("tasks.workflows.advance", args=args)
-                sent += 1
+    ordered = [
+        (route, topic)
+        for topic, found in sorted(matched.items())
+        for route in found
+        if route.ordered
+    ]
+    if ordered:
+        with engine.connect() as raw:
+            conn = raw.execution_options(isolation_level="AUTOCOMMIT")
+            for route, (cache, topic) in ordered:
+                sent += nudge(app, conn, route, cache, topic, by_topic[(cache, topic)])
     DISPATCHED.labels("unordered").inc(len(claimed))
     DISPATCHED.labels("ordered").inc(sent - len(claimed))
     if result.replayed and sent:
-        logger.info("redelivered batch handed over again events=%d tasks=%d", len(ids), sent)
+        logger.info("redelivered batch handed over again tasks=%d", sent)
     return sent
+
+
+def nudge(
+    app: Celery, conn: Connection, route: Route, cache: str, topic: str, ids: list[int]
+) -> int:
+    """Get an ordered topic's new events run: send ``advance`` unless a driver is at work.
+
+    A driver that holds the topic's lock finds events committed before this check, either in
+    its loop or in the look it takes after letting the lock go, so no task is needed; only the
+    events it already passed (late ones) are handed over here. Returns tasks sent.
+    """
+    key = f"{route.name}\x1f{cache}\x1f{topic}"
+    if try_lock(conn, key):
+        unlock(conn, key)
+        app.send_task("tasks.workflows.advance", args=(route.name, cache, topic, ids))
+        return 1
+    return dispatch_late(app, conn, route.name, late_events(conn, route.name, cache, topic, ids))
+
+
+def _by_topic(
+    engine: Engine, result: StoreResult, items: Sequence[Sequence[Any]]
+) -> dict[tuple[str, str], list[int]]:
+    """The batch's event ids by topic (no query when the batch is one topic, the usual case)."""
+    if not result.replayed and len(result.topics) == 1:
+        return {next(iter(result.topics)): list(result.new_ids)}
+    by_topic: dict[tuple[str, str], list[int]] = defaultdict(list)
+    with engine.connect() as conn:
+        ids = batch_event_ids(conn, items) if result.replayed else result.new_ids
+        rows = conn.execute(select(Event.id, Event.cache, Event.topic).where(Event.id.in_(ids)))
+        for row in rows:
+            by_topic[(row.cache, row.topic)].append(row.id)
+    return by_topic
 
 
 def hand_over(settings: Settings, result: StoreResult, items: Sequence[Sequence[Any]]) -> int:

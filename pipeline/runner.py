@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -37,6 +38,8 @@ from pipeline.workflows import event_view, parse_output, resolve_workflow
 logger = logging.getLogger(__name__)
 
 Outcome = Literal["done", "started", "retry", "dead", "missing"]
+DRIVE_BUDGET_S = 20.0
+"""A driver hands a busy topic to a fresh task after this long (tasks have a time limit)."""
 Mode = Literal["ordered", "single", "replay"]
 """How a run was started: by an ordered cursor, on its own (unordered, or late), or by replay."""
 
@@ -73,6 +76,15 @@ def claim_runs(
         stmt = stmt.on_conflict_do_nothing()
     rows = conn.execute(stmt.returning(WorkflowRun.route, WorkflowRun.event_id)).all()
     return [(row.route, row.event_id) for row in rows]
+
+
+def dispatch_late(app: Celery, conn: Connection, route: str, late: Sequence[int]) -> int:
+    """Run events an ordered route's cursor passed before they arrived, each on its own."""
+    claimed = claim_runs(conn, [(route, event_id) for event_id in late], again=False)
+    for name, event_id in claimed:
+        logger.warning("late event runs out of order route=%s event=%d", name, event_id)
+        app.send_task("tasks.workflows.run", args=(name, event_id, "single"))
+    return len(claimed)
 
 
 class WorkflowRunner:
@@ -227,24 +239,19 @@ class WorkflowRunner:
                 if not try_lock(conn, key):
                     if new_ids:
                         late = ordering.late_events(conn, route.name, cache, topic, new_ids)
-                        self._run_late_for(route, late)
+                        dispatch_late(self.app, conn, route.name, late)
                     return ran
+                deadline = time.monotonic() + DRIVE_BUDGET_S
                 try:
-                    ran += self._drive_locked(conn, route, cache, topic, new_ids or [])
+                    ran += self._drive_locked(conn, route, cache, topic, new_ids or [], deadline)
                 finally:
                     unlock(conn, key)
                 new_ids = None
+                if time.monotonic() >= deadline:  # a long stream: go on in a fresh task
+                    self.app.send_task("tasks.workflows.advance", args=(route.name, cache, topic))
+                    return ran
                 if self._next(conn, route, cache, topic)[0] is None:
                     return ran
-
-    def _run_late_for(self, route: Route, late: Sequence[int]) -> None:
-        if not late:
-            return
-        with self.engine.begin() as conn:
-            claimed = claim_runs(conn, [(route.name, event_id) for event_id in late], again=False)
-        for name, event_id in claimed:
-            logger.warning("late event runs out of order route=%s event=%d", name, event_id)
-            self.app.send_task("tasks.workflows.run", args=(name, event_id, "single"))
 
     def _next(
         self,
@@ -272,12 +279,18 @@ class WorkflowRunner:
         return at.event, at
 
     def _drive_locked(
-        self, conn: Connection, route: Route, cache: str, topic: str, new_ids: list[int]
+        self,
+        conn: Connection,
+        route: Route,
+        cache: str,
+        topic: str,
+        new_ids: list[int],
+        deadline: float,
     ) -> int:
         ran = 0
         is_task = resolve_workflow(route.workflow).is_task
         row, at = self._next(conn, route, cache, topic, new_ids)
-        self._run_late_for(route, at.late)
+        dispatch_late(self.app, conn, route.name, at.late)
         if at.pending:  # leftovers: a crash, a late run or a replay left rows to send first
             self._sent(self.publisher.flush_key(conn, f"{route.name}\x1f{cache}\x1f{topic}"))
         while row is not None:
@@ -299,5 +312,7 @@ class WorkflowRunner:
             else:
                 self.fail(route.name, row.id, result.error or "", mode="ordered", inline=True)
             ran += 1
+            if time.monotonic() >= deadline:
+                return ran
             row, at = self._next(conn, route, cache, topic)
         return ran

@@ -29,8 +29,9 @@ from pipeline.ingest import StoreResult
 from pipeline.models import Event, RouteCursor, TopicCursorRow, WorkflowRun
 from pipeline.ordering import late_events
 from pipeline.publisher import try_lock, unlock
-from pipeline.routes import Route, RouteTable, glob_regex, routes_for
-from pipeline.runner import claim_runs, dispatch_late
+from pipeline.routes import Route, RouteTable, routes_for
+from pipeline.runs import claim_runs, dispatch_late
+from pipeline.templates import glob_regex
 
 logger = logging.getLogger(__name__)
 

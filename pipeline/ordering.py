@@ -12,36 +12,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     Connection,
     Update,
-    and_,
-    bindparam,
-    exists,
-    func,
-    or_,
-    select,
-    true,
-    tuple_,
-    update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from pipeline.models import (
-    Event,
-    OutboxMessage,
-    OutboxStatus,
-    RouteCursor,
-    TopicCursorRow,
-    WorkflowRun,
+from pipeline.cursor_sql import (
+    ENSURE,
+    EVENT_COLUMNS,
+    HOLD,
+    INFLIGHT,
+    LATE,
+    LOAD,
+    MOVE,
+    PEEK,
 )
 from pipeline.topic_cursor import TopicCursor
-
-HISTORY = timedelta(minutes=5)
-"""A new cursor starts with the topic's events of this long before it; replay runs older ones."""
 
 
 def release_limit(state: TopicCursor, epoch: int) -> int | None:
@@ -97,139 +86,6 @@ class EventRow:
     publish_timestamp: int | None
     token_id: str
     received_at: datetime
-
-
-EVENT_COLUMNS = (
-    Event.id,
-    Event.cache,
-    Event.topic,
-    Event.topic_sequence_number,
-    Event.epoch,
-    Event.text,
-    Event.event_timestamp,
-    Event.publish_timestamp,
-    Event.token_id,
-    Event.received_at,
-)
-
-# Statements on the hot path are built once, with bound parameters: building SQLAlchemy
-# expressions costs more than running them.
-_ROUTE: Any = bindparam("p_route")
-_CACHE: Any = bindparam("p_cache")
-_TOPIC: Any = bindparam("p_topic")
-_THIS = and_(RouteCursor.route == _ROUTE, RouteCursor.cache == _CACHE, RouteCursor.topic == _TOPIC)
-
-
-def _late_filter(cursor: Any) -> Any:
-    """Of the events ``p_ids``, those behind ``cursor`` that never ran (they came too late)."""
-    behind = or_(
-        Event.epoch.is_(None),
-        tuple_(Event.epoch, Event.topic_sequence_number, Event.id)
-        <= tuple_(cursor.c.epoch, cursor.c.seq, cursor.c.event_id),
-    )
-    never_ran = ~exists().where(WorkflowRun.route == _ROUTE, WorkflowRun.event_id == Event.id)
-    return and_(
-        Event.id.in_(bindparam("p_ids", expanding=True)),
-        Event.cache == cursor.c.cache,
-        Event.topic == cursor.c.topic,
-        Event.received_at >= cursor.c.created_at - HISTORY,
-        behind,
-        never_ran,
-    )
-
-
-def _peek_statement() -> Any:
-    cursor = select(RouteCursor).where(_THIS).subquery("cursor")
-    following = (
-        select(*EVENT_COLUMNS)
-        .where(
-            Event.cache == _CACHE,
-            Event.topic == _TOPIC,
-            Event.epoch.is_not(None),
-            tuple_(Event.epoch, Event.topic_sequence_number, Event.id)
-            > tuple_(cursor.c.epoch, cursor.c.seq, cursor.c.event_id),
-            Event.received_at >= cursor.c.created_at - HISTORY,
-        )
-        .order_by(Event.epoch, Event.topic_sequence_number, Event.id)
-        .limit(1)
-        .lateral("following")
-    )
-    pending = exists().where(
-        OutboxMessage.ordering_key == bindparam("p_key"),
-        OutboxMessage.status == OutboxStatus.PENDING,
-    )
-    late = select(func.array_agg(Event.id)).where(_late_filter(cursor)).scalar_subquery()
-    return (
-        select(
-            cursor,
-            func.now().label("now"),
-            TopicCursorRow.state,
-            pending.label("pending"),
-            late.label("late"),
-            *(column.label(f"e_{column.name}") for column in following.c),
-        )
-        .select_from(cursor)
-        .outerjoin(
-            TopicCursorRow,
-            and_(TopicCursorRow.cache == cursor.c.cache, TopicCursorRow.topic == cursor.c.topic),
-        )
-        .outerjoin(following, true())
-    )
-
-
-def _move_statement(expect_inflight: bool) -> Update:
-    event: tuple[Any, ...] = (bindparam("m_epoch"), bindparam("m_seq"), bindparam("m_event_id"))
-    where = and_(
-        _THIS, tuple_(RouteCursor.epoch, RouteCursor.seq, RouteCursor.event_id) < tuple_(*event)
-    )
-    if expect_inflight:
-        where = and_(where, RouteCursor.inflight_event_id == event[2])
-    return (
-        update(RouteCursor)
-        .where(where)
-        .values(
-            epoch=event[0],
-            seq=event[1],
-            event_id=event[2],
-            inflight_event_id=None,
-            inflight_since=None,
-            attempts=0,
-            retry_at=None,
-            released=RouteCursor.released + 1,
-            updated_at=func.now(),
-        )
-    )
-
-
-def _late_statement() -> Any:
-    cursor = select(RouteCursor).where(_THIS).subquery("cursor")
-    return select(Event.id).select_from(cursor).join(Event, _late_filter(cursor)).order_by(Event.id)
-
-
-PEEK = _peek_statement()
-MOVE = {expect: _move_statement(expect) for expect in (False, True)}
-LATE = _late_statement()
-ENSURE = pg_insert(RouteCursor).values(route=_ROUTE, cache=_CACHE, topic=_TOPIC)
-ENSURE = ENSURE.on_conflict_do_nothing()
-INFLIGHT = (
-    update(RouteCursor)
-    .where(_THIS)
-    .values(
-        inflight_event_id=bindparam("p_event_id"), inflight_since=func.now(), updated_at=func.now()
-    )
-)
-HOLD = (
-    update(RouteCursor)
-    .where(_THIS)
-    .values(
-        attempts=RouteCursor.attempts + 1,
-        retry_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("p_delay_s")),
-        inflight_event_id=None,
-        inflight_since=None,
-        updated_at=func.now(),
-    )
-)
-LOAD = select(*EVENT_COLUMNS).where(Event.id == bindparam("p_event_id"))
 
 
 def _here(route: str, cache: str, topic: str) -> dict[str, Any]:

@@ -34,7 +34,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus, WorkflowRun
-from pipeline.routes import Route, render
+from pipeline.routes import Route
+from pipeline.templates import render
 from pipeline.workflows import Output
 
 SEND_COLUMNS = (

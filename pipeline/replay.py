@@ -17,7 +17,8 @@ import click
 from sqlalchemy import Connection, Engine, select
 
 from pipeline.models import DeadLetter, Event
-from pipeline.routes import RouteTable, glob_regex
+from pipeline.routes import RouteTable
+from pipeline.templates import glob_regex
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -105,7 +106,7 @@ def _dead_pairs(conn: Connection) -> set[tuple[str, int]]:
 
 def dispatch_replays(engine: Engine, app: Celery, pairs: list[tuple[str, int]]) -> int:
     """Record the runs, then send them to the workers; returns how many were sent."""
-    from pipeline.runner import claim_runs
+    from pipeline.runs import claim_runs
 
     with engine.begin() as conn:
         claimed = claim_runs(conn, pairs, again=True)

@@ -9,17 +9,15 @@
     publish = { cache = "{cache}", topic = "topic 2" }
     cache_set = { cache = "{cache}", key = "latest:{topic}", ttl_seconds = 600 }
 
-Every route whose globs match an event runs. ``publish`` and ``cache_set`` are templates: they
-may name ``{cache}`` and ``{topic}`` of the inbound event and any field the workflow's result
-carries (see ``pipeline.workflows.output``). A file that cannot be used raises RoutesError naming
-the file, the line and every problem; nothing starts with a bad file.
+Every route whose globs match an event runs. ``publish``/``cache_set`` are templates naming
+``{cache}``/``{topic}`` of the inbound event and fields of the result (``workflows.output``).
+A bad file raises RoutesError naming the file, line and every problem; nothing starts with it.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import string
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from typing import Any
 
 from pipeline.config import Settings
 from pipeline.errors import RoutesError
+from pipeline.templates import fill_known, template_fields
 
 logger = logging.getLogger(__name__)
 
@@ -88,13 +87,17 @@ class Route:
         found: list[PublishTarget | CacheTarget] = []
         if self.publish is not None:
             found.append(
-                PublishTarget(_fill(self.publish.cache, known), _fill(self.publish.topic, known))
+                PublishTarget(
+                    fill_known(self.publish.cache, known), fill_known(self.publish.topic, known)
+                )
             )
         if self.cache_set is not None:
             target = self.cache_set
             found.append(
                 CacheTarget(
-                    _fill(target.cache, known), _fill(target.key, known), target.ttl_seconds
+                    fill_known(target.cache, known),
+                    fill_known(target.key, known),
+                    target.ttl_seconds,
                 )
             )
         return found
@@ -127,61 +130,6 @@ class RouteTable:
 
     def __iter__(self) -> Iterator[Route]:
         return iter(self.routes)
-
-
-def glob_regex(glob: str) -> str:
-    """An anchored POSIX regex for an fnmatch glob (to match routes in SQL)."""
-    out, i = ["^"], 0
-    while i < len(glob):
-        ch = glob[i]
-        if ch == "*":
-            out.append(".*")
-        elif ch == "?":
-            out.append(".")
-        elif ch == "[" and "]" in glob[i + 2 :]:
-            end = glob.index("]", i + 2)
-            body = glob[i + 1 : end]
-            body = "^" + body[1:] if body.startswith("!") else body
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = end
-        else:
-            out.append("\\" + ch if ch in ".^$+?(){}|\\[]" else ch)
-        i += 1
-    return "".join(out) + "$"
-
-
-def template_fields(template: str) -> list[str]:
-    """Field names a template uses; ValueError for positional fields, formats or bad braces."""
-    names = []
-    for _, name, spec, conversion in string.Formatter().parse(template):
-        if name is None:
-            continue
-        if not name.isidentifier():
-            raise ValueError(f"template field {{{name}}} must be a name like {{topic}}")
-        if spec or conversion:
-            raise ValueError(f"template field {{{name}}} may not carry a format or conversion")
-        names.append(name)
-    return names
-
-
-def _fill(template: str, values: dict[str, str]) -> str:
-    """Fill only the fields ``values`` has; leave the others as written."""
-    return string.Formatter().vformat(template, (), _Partial(values))
-
-
-class _Partial(dict[str, str]):
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
-
-
-def render(template: str, values: dict[str, str]) -> str:
-    """Fill a template; ValueError naming the field a result did not provide."""
-    try:
-        return template.format_map(values)
-    except KeyError as exc:
-        raise ValueError(
-            f"template {template!r} needs field {exc.args[0]!r}; the result has {sorted(values)}"
-        ) from None
 
 
 class _Problems:
@@ -276,8 +224,8 @@ def _route(item: dict[str, Any], index: int, problems: _Problems, resolve: bool)
     ordered = item.get("ordered", False)
     if not isinstance(ordered, bool):
         bad("ordered", f"ordered must be true or false, got {ordered!r}")
-    publish = _table(item, "publish", PUBLISH_KEYS, PUBLISH_KEYS, bad)
-    cache_set = _table(item, "cache_set", CACHE_SET_KEYS, CACHE_SET_KEYS, bad)
+    publish = _table(item, "publish", PUBLISH_KEYS, bad)
+    cache_set = _table(item, "cache_set", CACHE_SET_KEYS, bad)
     ttl = cache_set.get("ttl_seconds") if cache_set else None
     if cache_set and (
         not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL_S
@@ -297,21 +245,19 @@ def _route(item: dict[str, Any], index: int, problems: _Problems, resolve: bool)
     )
 
 
-def _table(
-    item: dict[str, Any], key: str, required: set[str], known: set[str], bad: Any
-) -> dict[str, Any] | None:
+def _table(item: dict[str, Any], key: str, known: set[str], bad: Any) -> dict[str, Any] | None:
     """Validate an optional inline table of templates; None when absent or invalid."""
     if key not in item:
         return None
     table = item[key]
     if not isinstance(table, dict):
-        bad(key, f"{key} must be a table like {{ {', '.join(sorted(required))} }}")
+        bad(key, f"{key} must be a table like {{ {', '.join(sorted(known))} }}")
         return None
     ok = True
     for extra in sorted(set(table) - known):
         bad(key, f"{key} has unknown key {extra!r}; known: {sorted(known)}")
         ok = False
-    for name in sorted(required - {"ttl_seconds"}):
+    for name in sorted(known - {"ttl_seconds"}):
         value = table.get(name)
         if not isinstance(value, str) or not value:
             bad(key, f"{key}.{name} must be a non-empty string, got {value!r}")

@@ -19,7 +19,8 @@ from pipeline.dispatch import sweep as sweep_lost
 from pipeline.errors import RoutesError
 from pipeline.publisher import Publisher
 from pipeline.routes import routes_for
-from pipeline.runner import Mode, WorkflowRunner, backoff_s
+from pipeline.runner import Mode, WorkflowRunner
+from pipeline.runs import backoff_s
 
 logger = get_task_logger(__name__)
 

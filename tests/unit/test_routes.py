@@ -10,15 +10,8 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.errors import RoutesError
-from pipeline.routes import (
-    CacheTarget,
-    PublishTarget,
-    glob_regex,
-    load_routes,
-    parse_routes,
-    render,
-    routes_for,
-)
+from pipeline.routes import CacheTarget, PublishTarget, load_routes, parse_routes, routes_for
+from pipeline.templates import glob_regex, render
 
 PATH = Path("routes.toml")
 GOOD = """

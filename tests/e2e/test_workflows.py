@@ -276,3 +276,34 @@ def test_sample_routes_weather_moderation_and_fx_examples(
 def latest(cache: object, location: str) -> float | None:
     value = mc.cache_get(cache, "weather", f"latest:{location}")
     return None if value is None else float(json.loads(value)["temp_c"])
+
+
+@pytest.mark.timeout(90)
+def test_a_failing_workflow_is_retried_dead_lettered_and_its_topic_moves_on(
+    stack: Stack, emu: EmulatorServer, db: Settings
+) -> None:
+    cache = unique("flaky")
+    body = uppercase_routes(cache).replace(
+        "tasks.examples:uppercase", "tests.e2e.flaky_workflows:shout"
+    )
+    routes_file(stack.routes_path.parent, body)
+    stack.hook(cache, "topic 1")
+    stack.env["PIPELINE_WORKFLOW_MAX_ATTEMPTS"] = "2"
+    stack.workers(1, "-c", "2")
+    with subscribed(emu, cache, "topic 2") as subscriber:
+        stack.publish(cache, "topic 1", ["first", "boom", "third"])
+        received = subscriber.collect(2, timeout_s=30, settle_s=1.0)
+    assert [m["text"] for m in received] == ["FIRST", "THIRD"]
+    reasons = workflow_dead_letters(db)
+    assert len(reasons) == 1
+    assert "boom: this message always fails" in reasons[0]
+
+
+def workflow_dead_letters(db: Settings) -> list[str]:
+    from sqlalchemy import text
+
+    from pipeline.db import get_engine
+
+    with get_engine(db).connect() as conn:
+        rows = conn.execute(text("SELECT reason FROM dead_letters WHERE kind = 'workflow'"))
+        return [str(reason) for reason in rows.scalars()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -12,7 +13,6 @@ from typing import Any
 
 from sqlalchemy import TextClause, insert, text
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -121,35 +121,39 @@ def subscription_row(
 
 
 @lru_cache(maxsize=8)
-def _insert_unnest(columns: tuple[str, ...]) -> TextClause:
-    """``INSERT … SELECT * FROM unnest(<one array per column>) ON CONFLICT DO NOTHING``.
+def _insert_from_json(columns: tuple[str, ...]) -> TextClause:
+    """``INSERT … SELECT … FROM json_to_recordset(:rows) ON CONFLICT DO NOTHING``.
 
-    One statement text whatever the batch size, so neither SQLAlchemy nor Postgres compiles a
-    statement per batch (a multi-row VALUES list costs ~1 ms per 10 rows to build). Arrays are
-    cast to the unbounded base types so that an over-long value fails like an INSERT would
-    (an explicit cast to VARCHAR(n) would silently truncate it).
+    The batch travels as one JSON parameter: one statement text whatever the batch size (a
+    multi-row VALUES list is compiled per batch, ~1 ms per 10 rows), and one C-speed
+    ``json.dumps`` instead of a Python-level adapter call per value (~50 µs per row for
+    14 arrays). Columns are declared with unbounded base types, so an over-long value fails on
+    assignment as in a plain INSERT instead of being silently truncated by a cast.
     """
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     types = {name: Event.__table__.c[name].type.compile(dialect) for name in columns}
-    arrays = ", ".join(
-        f"CAST(:{name} AS {re.sub(r'[(].*[)]', '', types[name])}[])" for name in columns
-    )
+    record = ", ".join(f"{name} {re.sub(r'[(].*[)]', '', types[name])}" for name in columns)
+    names = ", ".join(columns)
     return text(
-        f"INSERT INTO events ({', '.join(columns)}) SELECT * FROM unnest({arrays}) "
+        f"INSERT INTO events ({names}) SELECT {names} "
+        f"FROM json_to_recordset(CAST(:rows AS json)) AS r({record}) "
         "ON CONFLICT ON CONSTRAINT uq_events_cache_topic_idempotency_key DO NOTHING "
         "RETURNING id, cache, topic"
     )
+
+
+def _json_value(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot store {type(value).__name__} as JSON")
 
 
 def insert_events(session: Session, rows: list[dict[str, Any]], result: StoreResult) -> None:
     """INSERT … ON CONFLICT DO NOTHING; rows already stored count as duplicates."""
     if not rows:
         return
-    columns = tuple(rows[0])
-    arrays = {name: [row[name] for row in rows] for name in columns}
-    if "source" in arrays:
-        arrays["source"] = [str(source) for source in arrays["source"]]
-    inserted = session.execute(_insert_unnest(columns), arrays).all()
+    payload = json.dumps(rows, default=_json_value, separators=(",", ":"))
+    inserted = session.execute(_insert_from_json(tuple(rows[0])), {"rows": payload}).all()
     result.new_ids.extend(row.id for row in inserted)
     result.topics.update((row.cache, row.topic) for row in inserted)
     result.duplicates += len(rows) - len(inserted)
@@ -182,15 +186,15 @@ def store_rows(session: Session, rows: list[dict[str, Any]], result: StoreResult
             result.dead += 1
 
 
+_CLAIM_BATCH = text(
+    f"INSERT INTO {IngestBatch.__tablename__} (task_id) VALUES (:task_id) "
+    "ON CONFLICT DO NOTHING RETURNING task_id"
+)  # plain text: building the ORM construct per batch costs ~1 ms of CPU
+
+
 def claim_batch(session: Session, batch_id: str) -> bool:
     """Record that this transaction stores batch ``batch_id``; False if it was stored before."""
-    stmt = (
-        pg_insert(IngestBatch)
-        .values(task_id=batch_id)
-        .on_conflict_do_nothing()
-        .returning(IngestBatch.task_id)
-    )
-    return session.execute(stmt).first() is not None
+    return session.execute(_CLAIM_BATCH, {"task_id": batch_id}).first() is not None
 
 
 def store_webhook_batch(

@@ -42,7 +42,6 @@ def _check_routes(**_: Any) -> None:
     try:
         routes_for(get_settings())
     except RoutesError as exc:
-        logger.critical("routes file unusable:\n%s", exc)
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(2) from exc
 

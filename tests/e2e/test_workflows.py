@@ -307,3 +307,19 @@ def workflow_dead_letters(db: Settings) -> list[str]:
     with get_engine(db).connect() as conn:
         rows = conn.execute(text("SELECT reason FROM dead_letters WHERE kind = 'workflow'"))
         return [str(reason) for reason in rows.scalars()]
+
+
+def test_a_worker_refuses_to_start_with_a_bad_routes_file(
+    settings: Settings, tmp_path: Path
+) -> None:
+    bad = routes_file(tmp_path, uppercase_routes("c").replace("ordered = true", 'ordered = "yes"'))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "worker", "-c", "1"],
+        env=dict(os.environ) | {"PIPELINE_ROUTES": str(bad)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"error: {bad}:7: route 'uppercase': ordered must be true or false" in result.stderr

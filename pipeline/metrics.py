@@ -113,6 +113,8 @@ class DatabaseCollector(Collector):
             topics = conn.execute(text(_TOPIC_SQL)).all()
             lag_s = conn.execute(text(_LAG_SQL)).scalar()
             rollups = conn.execute(text(_ROLLUP_SQL)).all()
+            outbox = conn.execute(text(_OUTBOX_SQL)).one()
+            dead = conn.execute(text(_DEAD_LETTER_SQL)).all()
             conn.rollback()
         labels = ["cache", "topic"]
         families: list[Metric] = []
@@ -149,8 +151,30 @@ class DatabaseCollector(Collector):
         for row in rollups:
             rollup_age.add_metric([str(row.window_s)], row.age_s)
             backlog.add_metric([str(row.window_s)], float(row.backlog or 0))
-        return [*families, age, lag, rollup_age, backlog]
+        pending = GaugeMetricFamily(
+            "pipeline_outbox_pending_messages", "Outbox rows waiting to be sent to Momento."
+        )
+        pending.add_metric([], float(outbox.pending))
+        oldest = GaugeMetricFamily(
+            "pipeline_outbox_oldest_pending_age_seconds",
+            "Age of the oldest outbox row still waiting (0 when none waits).",
+        )
+        oldest.add_metric([], float(outbox.oldest_s or 0.0))
+        letters = GaugeMetricFamily(
+            "pipeline_dead_letters", "Unresolved dead letters, by kind.", labels=["kind"]
+        )
+        for row in dead:
+            letters.add_metric([row.kind], float(row.n))
+        return [*families, age, lag, rollup_age, backlog, pending, oldest, letters]
 
+
+_OUTBOX_SQL = """
+SELECT count(*) AS pending, extract(epoch FROM now() - min(created_at)) AS oldest_s
+FROM outbox WHERE status = 'pending'
+"""
+_DEAD_LETTER_SQL = """
+SELECT kind, count(*) AS n FROM dead_letters WHERE resolved_at IS NULL GROUP BY kind
+"""
 
 _registered: dict[int, DatabaseCollector] = {}
 

@@ -173,6 +173,12 @@ def test_pipeline_stats_json_and_table(db: Settings) -> None:
 
 def test_database_gauges_on_a_scrape(db: Settings) -> None:
     seed_stats(db)
+    from pipeline.db import session_scope
+    from pipeline.ingest import dead_letter
+
+    with session_scope(db) as session:
+        dead_letter(session, "publish", "cache not found", {"n": 1})
+        dead_letter(session, "publish", "message too large", {"n": 2})
     registry = CollectorRegistry()
     assert register_db_collector(db, registry) is register_db_collector(db, registry)
     from prometheus_client import generate_latest
@@ -194,6 +200,9 @@ def test_database_gauges_on_a_scrape(db: Settings) -> None:
     assert samples[("pipeline_sequencer_lag_seconds", ())] == 0
     assert samples[("pipeline_rollup_backlog_events", (("window_s", "60"),))] == 0
     assert 0 <= samples[("pipeline_rollup_age_seconds", (("window_s", "60"),))] < 60
+    assert samples[("pipeline_dead_letters", (("kind", "publish"),))] == 2
+    assert samples[("pipeline_outbox_pending_messages", ())] == 0
+    assert samples[("pipeline_outbox_oldest_pending_age_seconds", ())] == 0
 
 
 def test_a_scrape_without_a_database_reports_down(settings: Settings) -> None:

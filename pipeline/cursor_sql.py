@@ -77,9 +77,17 @@ def _peek_statement() -> Any:
         .limit(1)
         .lateral("following")
     )
-    pending = exists().where(
-        OutboxMessage.ordering_key == bindparam("p_key"),
-        OutboxMessage.status == OutboxStatus.PENDING,
+    # Whether the key's oldest pending row is due to send (rows behind it wait for it).
+    pending = func.coalesce(
+        select(OutboxMessage.next_attempt_at <= func.now())
+        .where(
+            OutboxMessage.ordering_key == bindparam("p_key"),
+            OutboxMessage.status == OutboxStatus.PENDING,
+        )
+        .order_by(OutboxMessage.id)
+        .limit(1)
+        .scalar_subquery(),
+        False,
     )
     late = select(func.array_agg(Event.id)).where(_late_filter(cursor)).scalar_subquery()
     return (

@@ -214,7 +214,8 @@ class WorkflowRunner:
                 if time.monotonic() >= deadline:  # a long stream: go on in a fresh task
                     self.app.send_task("tasks.workflows.advance", args=(route.name, cache, topic))
                     return ran
-                if self._next(conn, route, cache, topic)[0] is None:
+                row, at = self._next(conn, route, cache, topic)
+                if row is None and not at.pending:
                     return ran
 
     def _next(

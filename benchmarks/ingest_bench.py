@@ -2,10 +2,10 @@
 
 Starts (or uses, when DATABASE_URL / CELERY_BROKER_URL are set) Postgres and the broker, migrates,
 runs `pipeline receiver` (uvicorn + uvloop + httptools) and `pipeline worker` as subprocesses,
-then sends N distinct signed webhooks at a fixed concurrency with wrk (a Lua script cycling over
-pre-signed bodies; `apt-get install -y wrk`), or, if wrk is missing, with the asyncio keep-alive
-client below. Reports ack throughput and latency, the rate at which events reach Postgres, and
-lost (acked, not stored) and duplicated counts.
+then sends N distinct signed webhooks at a fixed concurrency with wrk (a Lua script that sends
+each pre-signed body once; `apt-get install -y wrk`), or, if wrk is missing, with the asyncio
+keep-alive client below. Reports ack throughput and latency, the rate at which events reach
+Postgres, and lost (acked, not stored) and duplicated counts.
 
     .venv/bin/python benchmarks/ingest_bench.py --events 100000 --concurrency 64
 
@@ -619,7 +619,9 @@ def start_profilers(
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     profilers = []
     for name, process in processes:
-        argv = [py_spy, "record", "--pid", str(process.pid), "--subprocesses", "--gil", "--rate", "250"]
+        # --gil: sample only threads holding the GIL, i.e. where the CPU goes, not where it waits
+        argv = [py_spy, "record", "--pid", str(process.pid), "--subprocesses", "--gil"]
+        argv += ["--rate", "250"]
         argv += ["--format", "raw", "--output", str(directory / f"{name}.txt"), "--nonblocking"]
         profilers.append(
             subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -25,7 +25,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline import metrics
-from pipeline.batcher import BrokerUnavailable, GroupCommitter, Overloaded, SendBatch
+from pipeline.batcher import (
+    AsyncSender,
+    BrokerUnavailable,
+    GroupCommitter,
+    Overloaded,
+    SendBatch,
+    default_sender,
+)
 from pipeline.config import Settings
 from pipeline.errors import (
     BodyTooLarge,
@@ -54,36 +61,6 @@ _SIGNATURE = SIGNATURE_HEADER.encode()
 _ACCEPTED = metrics.WEBHOOK_REQUESTS.labels("accepted", "")  # labels() per request costs
 
 
-def celery_sender(settings: Settings) -> SendBatch:
-    """Send a batch as one `store_webhooks` message; fail fast if the broker is down."""
-    from pipeline.celery_app import broker_url, configure, create_app
-
-    # The receiver's own Celery app: its broker settings (fail fast) are not the workers'.
-    app = create_app()
-    configure(app, settings)
-    # Celery reads $CELERY_BROKER_URL before conf.broker_url; send where ``settings`` say.
-    app.conf.broker_write_url = broker_url(settings)
-    app.conf.broker_connection_timeout = 1.0
-    # A "task-sent" event per batch is a second broker round trip on the hot path; workers'
-    # received/started/succeeded events still show every batch in Flower.
-    app.conf.task_send_sent_event = False
-    policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
-
-    def send(items: Sequence[Any]) -> None:
-        app.send_task(
-            "tasks.ingest.store_webhooks",
-            args=[list(items)],
-            queue="ingest",
-            retry=True,
-            retry_policy=policy,
-            # Nobody reads the result: without this the Redis result backend subscribes to a
-            # result channel per batch (a round trip each, and subscriptions that pile up).
-            ignore_result=True,
-        )
-
-    return send
-
-
 def default_ready_checks(settings: Settings) -> dict[str, ReadyCheck]:
     """Broker and database reachability, as /readyz reports them."""
     from kombu import Connection
@@ -104,7 +81,7 @@ class WebhookReceiver:
     def __init__(
         self,
         settings: Settings,
-        send_batch: SendBatch,
+        send_batch: SendBatch | AsyncSender,
         ready_checks: dict[str, ReadyCheck],
         collectors: Sequence[Collector] = (),
     ) -> None:
@@ -302,14 +279,14 @@ async def _respond(
 
 def create_app(
     settings: Settings,
-    send_batch: SendBatch | None = None,
+    send_batch: SendBatch | AsyncSender | None = None,
     ready_checks: dict[str, ReadyCheck] | None = None,
     collectors: Sequence[Collector] | None = None,
 ) -> WebhookReceiver:
-    """Build the receiver for ``settings`` (by default enqueueing through Celery)."""
+    """Build the receiver for ``settings`` (by default enqueueing to its broker)."""
     return WebhookReceiver(
         settings,
-        send_batch or celery_sender(settings),
+        send_batch or default_sender(settings),
         ready_checks if ready_checks is not None else default_ready_checks(settings),
         collectors if collectors is not None else default_collectors(settings),
     )

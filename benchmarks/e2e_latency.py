@@ -157,7 +157,7 @@ async def publish_open_loop(address: str, rate: float, count: int) -> None:
             delay = start + i / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            text = f"event {i} {time.monotonic_ns()}"
+            text = f"event {i} {time.monotonic_ns()} {time.time_ns() // 1000}"
             task = asyncio.create_task(mc.publish_async(client, CACHE, INBOUND, text))
             pending.add(task)
             task.add_done_callback(pending.discard)
@@ -229,6 +229,7 @@ def main(
             roles = process_roles(home, children.children)
             before = {role: cpu_seconds(pids) for role, pids in roles.items()}
             latencies = measure(address, rate, seconds, warmup_s)
+            stages = stage_medians(urls.database_url, int(rate * warmup_s))
             events = rate * (seconds + warmup_s)
             cpu_ms = {
                 role: (cpu_seconds(pids) - before[role]) * 1000 / events
@@ -239,6 +240,7 @@ def main(
     report(latencies, rate, seconds, workers, concurrency, unordered)
     breakdown = "  ".join(f"{role} {ms:.1f}" for role, ms in cpu_ms.items())
     print(f"cpu ms/event {breakdown}  (total {sum(cpu_ms.values()):.1f})")
+    print("stage p50 ms " + "  ".join(f"{name} {ms:.1f}" for name, ms in stages.items()))
     print(f"load avg     {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the box)")
 
 
@@ -256,7 +258,7 @@ def measure(address: str, rate: float, seconds: float, warmup_s: float) -> dict[
             event = sub.poll(0.2)
             if isinstance(event, mc.Message):
                 now_ns = time.monotonic_ns()
-                _, index, sent_ns = json.loads(str(event.value))["text"].split()
+                _, index, sent_ns, _ = json.loads(str(event.value))["text"].split()
                 received.setdefault(int(index), []).append((now_ns - int(sent_ns)) / 1e6)
 
     reader = threading.Thread(target=collect, daemon=True)
@@ -272,6 +274,41 @@ def measure(address: str, rate: float, seconds: float, warmup_s: float) -> dict[
         sub.close()
         client.close()
     return {i: v for i, v in received.items() if i >= warmup}
+
+
+STAGES_SQL = """
+SELECT e.text,
+       extract(epoch FROM e.received_at) * 1e6 AS received_us,
+       extract(epoch FROM e.stored_at) * 1e6 AS stored_us,
+       extract(epoch FROM o.created_at) * 1e6 AS committed_us,
+       extract(epoch FROM o.sent_at) * 1e6 AS sent_us
+FROM events e JOIN outbox o ON o.event_id = e.id
+WHERE o.sent_at IS NOT NULL
+"""
+
+
+def stage_medians(database_url: str, warmup: int) -> dict[str, float]:
+    """Where the time goes, from the rows' timestamps (one wall clock: this machine's)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    spans: dict[str, list[float]] = {
+        "webhook": [],  # SDK publish -> local Momento -> signed POST -> receiver
+        "to_stored": [],  # receiver -> broker -> ingest task -> its transaction starts
+        "to_result": [],  # ingest commit -> hand-over -> workflow ran -> result committed
+        "to_sent": [],  # result committed -> rate token -> SDK publish -> marked sent
+    }
+    with engine.connect() as conn:
+        for row in conn.execute(text(STAGES_SQL)):
+            _, index, _, published_us = row.text.split()
+            if int(index) < warmup:
+                continue
+            points = [float(published_us), row.received_us, row.stored_us]
+            points = [float(p) for p in [*points, row.committed_us, row.sent_us]]
+            for name, start, end in zip(spans, points, points[1:], strict=False):
+                spans[name].append((end - start) / 1000)
+    engine.dispose()
+    return {name: statistics.median(values) for name, values in spans.items() if values}
 
 
 def report(

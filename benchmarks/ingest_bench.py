@@ -7,7 +7,7 @@ each pre-signed body once; `apt-get install -y wrk`), or, if wrk is missing, wit
 keep-alive client below. Reports ack throughput and latency, the rate at which events reach
 Postgres, and lost (acked, not stored) and duplicated counts.
 
-    .venv/bin/python benchmarks/ingest_bench.py --events 100000 --concurrency 64
+    .venv/bin/python benchmarks/ingest_bench.py --events 100000 --concurrency 128
 
 Events go to a cache named after the run and no route matches it, so only ingest is measured
 (``--routes`` to include workflow hand-over). ``--profile DIR`` samples the receiver and the
@@ -469,7 +469,8 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--concurrency", type=int, default=64, help="open connections")
+    # Requests in flight = rate x latency: 5,000/s at ~20-25 ms is ~100-128 open deliveries.
+    parser.add_argument("--concurrency", type=int, default=128, help="open connections")
     parser.add_argument("--workers", type=int, default=1, help="`pipeline worker` processes")
     parser.add_argument("--worker-concurrency", type=int, default=2, help="per worker (-c)")
     parser.add_argument("--pool", default="prefork", help="worker pool (-P)")

@@ -63,12 +63,17 @@ def redis_url(pipeline_home: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def settings(postgres_url: str, redis_url: str, pipeline_home: Path) -> Iterator[Settings]:
     """Settings for the session, also exported to the environment for subprocesses."""
+    # No routes unless a test brings its own: the sample routes.toml in the working directory
+    # would otherwise run workflows on every test's events.
+    no_routes = pipeline_home / "no-routes.toml"
+    no_routes.write_text("# tests that run workflows set PIPELINE_ROUTES to their own file\n")
     env = {
         "DATABASE_URL": postgres_url,
         "CELERY_BROKER_URL": redis_url,
         "PIPELINE_HOME": str(pipeline_home),
         "PIPELINE_WEBHOOK_SECRETS": TEST_SECRET,
         "PIPELINE_VISIBILITY_TIMEOUT_S": "10",
+        "PIPELINE_ROUTES": str(no_routes),
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)

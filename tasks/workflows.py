@@ -1,4 +1,4 @@
-"""Workflow-stage tasks: run routes' workflows, finish canvases, sweep for lost hand-overs."""
+"""Workflow-stage tasks: run routes' workflows, finish canvases, restart what stalled."""
 
 from __future__ import annotations
 
@@ -9,20 +9,17 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_init
-from celery.utils.log import get_task_logger
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from pipeline.celery_app import app
 from pipeline.config import get_settings
 from pipeline.db import get_engine
-from pipeline.dispatch import sweep as sweep_lost
+from pipeline.dispatch import sweep as sweep_stalled
 from pipeline.errors import RoutesError
 from pipeline.publisher import Publisher
 from pipeline.routes import routes_for
 from pipeline.runner import Mode, WorkflowRunner
 from pipeline.runs import backoff_s
-
-logger = get_task_logger(__name__)
 
 DB_ERRORS = (OperationalError, InterfaceError)
 RETRY = {
@@ -88,7 +85,7 @@ def failed(
 
 @app.task(name="tasks.workflows.sweep", acks_late=True, expires=30, ignore_result=True)
 def sweep() -> dict[str, int]:
-    """Beat: dispatch events a crash kept from the workflow stage, and restart stalled runs."""
+    """Beat: restart runs that stalled and nudge ordered topics that have work."""
     stage = runner()
     stall = timedelta(seconds=stage.settings.pipeline_workflow_stall_s)
-    return sweep_lost(app, stage.engine, stage.routes, stall)
+    return sweep_stalled(app, stage.engine, stage.routes, stall)

@@ -130,7 +130,12 @@ def run_demo(stack: Stack, count: int, rate_per_s: float, timeout_s: float) -> b
                 time.sleep(max(0.0, next_at - time.perf_counter()))
                 sent_at.setdefault(message.text.upper(), time.perf_counter())
                 momento_client.publish(publisher, message.cache, message.topic, message.text)
-        ok = _wait_until_done(stack, listener, len(messages), count, timeout_s)
+        expected = {
+            OUTBOUND[0]: count,
+            OUTBOUND[1]: sum(m.topic == "room-1" for m in messages),
+            OUTBOUND[3]: sum(m.topic == "orders" for m in messages),
+        }
+        ok = _wait_until_done(stack, listener, len(messages), expected, timeout_s)
     finally:
         listener.stop()
         for sub in subscriptions:
@@ -142,12 +147,20 @@ def run_demo(stack: Stack, count: int, rate_per_s: float, timeout_s: float) -> b
 
 
 def _wait_until_done(
-    stack: Stack, listener: Listener, published: int, relayed: int, timeout_s: float
+    stack: Stack,
+    listener: Listener,
+    published: int,
+    expected: dict[tuple[str, str], int],
+    timeout_s: float,
 ) -> bool:
+    """Until every event is stored, every expected result received and the outbox is empty."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         stored = _count(stack, "SELECT count(*) FROM events")
-        if stored >= published and len(listener.received[OUTBOUND[0]]) >= relayed:
+        pending = _count(stack, "SELECT count(*) FROM outbox WHERE status = 'pending'")
+        received = all(len(listener.received[key]) >= n for key, n in expected.items())
+        if stored >= published and received and pending == 0:
+            time.sleep(1.0)  # a last look for stragglers on the unchecked topics
             return True
         time.sleep(0.5)
     return False

@@ -1,4 +1,4 @@
-"""docker-compose.yml agrees with the CLI and Settings (no Docker engine runs here, so we parse it)."""
+"""docker-compose.yml agrees with the CLI and Settings (no Docker engine here, so we parse it)."""
 
 from __future__ import annotations
 

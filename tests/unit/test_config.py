@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pipeline.config import load_settings
@@ -10,15 +12,10 @@ from pipeline.errors import ConfigError
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (
-        "DATABASE_URL",
-        "CELERY_BROKER_URL",
-        "MOMENTO_LOCAL",
-        "PIPELINE_WEBHOOK_SECRETS",
-        "PIPELINE_REPLAY_WINDOW_S",
-        "MOMENTO_API_KEY",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    """No setting from the shell or from session fixtures (they export theirs) leaks in."""
+    prefixes = ("PIPELINE_", "DATABASE_", "CELERY_", "MOMENTO_", "FLOWER_")
+    for name in [n for n in os.environ if n.startswith(prefixes)]:
+        monkeypatch.delenv(name)
     monkeypatch.chdir("/")  # no stray .env file
 
 

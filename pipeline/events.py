@@ -47,8 +47,13 @@ def parse_webhook(body: bytes | str) -> WebhookEvent:
     text = data.get("text")
     if not isinstance(text, str):
         raise MalformedBody(f"field 'text' must be a string, got {type(text).__name__}")
-    if "\x00" in text:
-        raise MalformedBody("field 'text' must not contain NUL characters")
+    for name, value in (
+        ("cache", data["cache"]),
+        ("topic", data["topic"]),
+        ("token_id", token_id),
+        ("text", text),
+    ):
+        _check_storable(name, value)
     return WebhookEvent(
         cache=data["cache"],
         topic=data["topic"],
@@ -58,6 +63,17 @@ def parse_webhook(body: bytes | str) -> WebhookEvent:
         token_id=token_id,
         text=text,
     )
+
+
+def _check_storable(name: str, value: str) -> None:
+    """Reject what Postgres would refuse: NUL characters, and lone surrogates (legal as JSON
+    escapes, not encodable as UTF-8). Acked, such an event would fail its whole batch."""
+    if "\x00" in value:
+        raise MalformedBody(f"field {name!r} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MalformedBody(f"field {name!r} contains a lone surrogate") from exc
 
 
 def webhook_key(event: WebhookEvent) -> str:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline.errors import MalformedBody
-from pipeline.events import WebhookEvent, parse_webhook, subscription_key, webhook_key
+from pipeline.events import parse_webhook, subscription_key, webhook_key
 from pipeline.models import DeadLetter, Event, EventSource, IngestBatch
 from pipeline.sequencer import SequenceReport, sequence_rows
 from pipeline.sequencing import SequencePolicy
@@ -44,24 +44,6 @@ def _ms_to_datetime(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-def unstorable(event: WebhookEvent) -> str | None:
-    """Why Postgres would refuse this event's text, or None.
-
-    Such a value fails the statement of the whole batch (and the cursor update before it), so it
-    must be set aside as poison before the batch is written: NUL characters, and lone surrogates
-    (valid in JSON escapes, not encodable as UTF-8).
-    """
-    for name in ("cache", "topic", "token_id", "text"):
-        value: str = getattr(event, name)
-        if "\x00" in value:
-            return f"field {name!r} contains a NUL character"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return f"field {name!r} contains a lone surrogate"
-    return None
-
-
 def webhook_rows(items: Sequence[RawItem]) -> tuple[list[dict[str, Any]], list[tuple[Any, str]]]:
     """Turn raw webhook items into event rows; return (rows, [(item, reason)] for poison)."""
     rows: list[dict[str, Any]] = []
@@ -72,10 +54,6 @@ def webhook_rows(items: Sequence[RawItem]) -> tuple[list[dict[str, Any]], list[t
             event = parse_webhook(raw)
         except (MalformedBody, TypeError, ValueError, IndexError) as exc:
             poison.append((item, str(exc)))
-            continue
-        reason = unstorable(event)
-        if reason:
-            poison.append((item, reason))
             continue
         rows.append(
             {

@@ -43,7 +43,6 @@ from pipeline.errors import (
     UnsupportedMediaType,
 )
 from pipeline.events import parse_webhook
-from pipeline.ingest import unstorable
 from pipeline.signing import SIGNATURE_HEADER, verify_signature
 
 logger = logging.getLogger(__name__)
@@ -204,9 +203,6 @@ class WebhookReceiver:
             event = parse_webhook(body.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise MalformedBody(f"body is not UTF-8: {exc}") from exc
-        reason = unstorable(event)
-        if reason:
-            raise MalformedBody(reason)  # acked, it would only end up in dead_letters
         now_ms = time.time() * 1000
         age_ms = now_ms - event.publish_timestamp
         if age_ms > self.window_ms:

@@ -296,3 +296,33 @@ def signed_webhook(
     ).encode()
     headers = {"content-type": "application/json", "momento-signature": sign(body, secret)}
     return body, headers
+
+
+EMBEDDED_ENV_DROP = (
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "MOMENTO_LOCAL",
+    "MOMENTO_API_KEY",
+    "PIPELINE_WEBHOOK_SECRETS",
+    "PIPELINE_HOME",
+    "PIPELINE_ROUTES",
+)
+
+
+def embedded_env(home: Path) -> dict[str, str]:
+    """This process's environment without configured services: a child runs all-embedded."""
+    env = {k: v for k, v in os.environ.items() if k not in EMBEDDED_ENV_DROP}
+    env["PIPELINE_HOME"] = str(home)
+    return env
+
+
+def queued_messages(settings: Settings, queue: str = "ingest") -> int:
+    """Messages waiting in a Celery queue on the test broker."""
+    import redis
+
+    assert settings.celery_broker_url
+    client = redis.Redis.from_url(settings.celery_broker_url)
+    try:
+        return int(client.llen(queue))
+    finally:
+        client.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -10,22 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import embedded_env
+
 ROOT = Path(__file__).resolve().parents[2]
-ENV_DROP = (
-    "DATABASE_URL",
-    "CELERY_BROKER_URL",
-    "MOMENTO_LOCAL",
-    "MOMENTO_API_KEY",
-    "PIPELINE_WEBHOOK_SECRETS",
-    "PIPELINE_HOME",
-    "PIPELINE_ROUTES",
-)
 
 
 @pytest.mark.timeout(300)
 def test_demo_relays_every_message_in_order_and_exits_zero(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_DROP}
-    env["PIPELINE_HOME"] = str(tmp_path / "home")
+    env = embedded_env(tmp_path / "home")
     result = subprocess.run(
         [
             sys.executable,

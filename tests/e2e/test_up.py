@@ -16,22 +16,12 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from pipeline.signing import sign
-from tests.conftest import wait_for
-
-ENV_DROP = (
-    "DATABASE_URL",
-    "CELERY_BROKER_URL",
-    "MOMENTO_LOCAL",
-    "MOMENTO_API_KEY",
-    "PIPELINE_WEBHOOK_SECRETS",
-    "PIPELINE_HOME",
-)
+from tests.conftest import embedded_env, wait_for
 
 
 @pytest.mark.timeout(240)
 def test_up_runs_everything_embedded_and_stops_without_orphans(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_DROP}
-    env["PIPELINE_HOME"] = str(tmp_path / "home")
+    env = embedded_env(tmp_path / "home")
     ports = {"--receiver-port": "18000", "--momento-port": "18080", "--flower-port": "15555"}
     process = subprocess.Popen(
         [

@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-import redis
 
 from pipeline.config import Settings
 from tests.conftest import (
@@ -15,18 +14,10 @@ from tests.conftest import (
     ReceiverServer,
     WorkerProcess,
     count_rows,
+    queued_messages,
     signed_webhook,
     wait_for,
 )
-
-
-def queued_messages(settings: Settings) -> int:
-    assert settings.celery_broker_url
-    client = redis.Redis.from_url(settings.celery_broker_url)
-    try:
-        return int(client.llen("ingest"))
-    finally:
-        client.close()
 
 
 def test_signature_matches_the_momento_test_vector() -> None:

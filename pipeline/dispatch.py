@@ -1,19 +1,21 @@
 """Hand stored events to the workflow stage; recover hand-overs and runs a crash interrupted.
 
 ``dispatch_stored`` runs after an ingest transaction committed: unordered routes get one
-``tasks.workflows.run`` per event (recorded in workflow_runs first, so each is sent once), ordered
-routes one ``tasks.workflows.advance`` per topic (with the batch's event ids, so events that
-arrived too late for their place in the order still run). A worker that dies between the commit
-and the hand-over leaves its ingest message unacknowledged; the broker redelivers it, the batch is
-recognised as stored, and its events are handed over again (idempotently). ``sweep`` (beat)
-restarts runs that stalled and nudges ordered topics whose cursor has work.
+``tasks.workflows.run`` per event (recorded in workflow_runs first, so each is sent once). Ordered
+topics are driven right there when the worker also serves the workflows queue (no broker hop: the
+lowest latency), else handed over as one ``tasks.workflows.advance`` per topic; either way with the
+batch's event ids, so events that arrived too late for their place in the order still run. A worker
+that dies between the commit and the hand-over leaves its ingest message unacknowledged; the broker
+redelivers it, the batch is recognised as stored, and its events are handed over again
+(idempotently). ``sweep`` (beat) restarts runs that stalled and nudges ordered topics whose cursor
+has work.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -42,6 +44,9 @@ DISPATCHED = Counter(
     "pipeline_workflow_dispatches", "Workflow runs handed over, by kind.", ["kind"]
 )
 
+Drive = Callable[[Route, str, str, list[int]], int]
+"""Runs an ordered topic's released events here: (route, cache, topic, new event ids) -> ran."""
+
 ACTIVE_WINDOW = timedelta(hours=1)
 """Ordered topics quiet for longer are not nudged by the sweep."""
 
@@ -69,8 +74,13 @@ def dispatch_stored(
     routes: RouteTable,
     result: StoreResult,
     items: Sequence[Sequence[Any]] = (),
+    drive: Drive | None = None,
 ) -> int:
-    """Hand a committed batch's new events (all its events, if redelivered) to the workflows."""
+    """Hand a committed batch's new events (all its events, if redelivered) to the workflows.
+
+    With ``drive``, ordered topics are driven in this process instead of by an ``advance`` task.
+    Returns the tasks sent; topics driven here count as dispatches of kind "inline".
+    """
     if not routes.routes or not (result.new_ids or result.replayed):
         UNROUTED_EVENTS.inc(len(result.new_ids))
         return 0
@@ -97,13 +107,19 @@ def dispatch_stored(
         for route in found
         if route.ordered
     ]
-    if ordered:
+    inline = 0
+    if ordered and drive is not None:
+        for route, (cache, topic) in ordered:
+            drive(route, cache, topic, by_topic[(cache, topic)])
+            inline += 1
+    elif ordered:
         with engine.connect() as raw:
             conn = raw.execution_options(isolation_level="AUTOCOMMIT")
             for route, (cache, topic) in ordered:
                 sent += nudge(app, conn, route, cache, topic, by_topic[(cache, topic)])
     DISPATCHED.labels("unordered").inc(len(claimed))
     DISPATCHED.labels("ordered").inc(sent - len(claimed))
+    DISPATCHED.labels("inline").inc(inline)
     if result.replayed and sent:
         logger.info("redelivered batch handed over again tasks=%d", sent)
     return sent
@@ -141,11 +157,17 @@ def _by_topic(
     return by_topic
 
 
-def hand_over(settings: Settings, result: StoreResult, items: Sequence[Sequence[Any]]) -> int:
+def hand_over(
+    settings: Settings,
+    result: StoreResult,
+    items: Sequence[Sequence[Any]],
+    drive: Drive | None = None,
+) -> int:
     """``dispatch_stored`` with this process's app, engine and routes (called by tasks.ingest)."""
     from pipeline.celery_app import app
 
-    return dispatch_stored(app, get_engine(settings), routes_for(settings), result, items)
+    engine = get_engine(settings)
+    return dispatch_stored(app, engine, routes_for(settings), result, items, drive)
 
 
 def sweep(app: Celery, engine: Engine, routes: RouteTable, stall: timedelta) -> dict[str, int]:

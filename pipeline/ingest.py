@@ -16,6 +16,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
+from pipeline.config import Settings
+from pipeline.db import session_scope
 from pipeline.errors import MalformedBody
 from pipeline.events import parse_webhook, subscription_key, webhook_key
 from pipeline.models import DeadLetter, Event, EventSource, IngestBatch
@@ -142,18 +144,25 @@ def dead_letter(session: Session, kind: str, reason: str, payload: dict[str, Any
     session.execute(insert(DeadLetter).values(kind=kind, reason=reason[:2000], payload=payload))
 
 
-def store_rows(session: Session, rows: list[dict[str, Any]], result: StoreResult) -> None:
-    """Insert rows as one statement; if the batch holds a row Postgres refuses, isolate it.
+class RowsRefused(Exception):
+    """Postgres refused a row of the batch; the batch's transaction is lost and must be redone."""
 
-    A refused row (a value no validation foresaw) would fail the whole batch on every retry, so
-    the batch is retried row by row in savepoints and only the refused rows are dead-lettered.
+
+def store_rows(
+    session: Session, rows: list[dict[str, Any]], result: StoreResult, *, isolate: bool = False
+) -> None:
+    """Insert rows as one statement; ``isolate``: row by row, dead-lettering refused rows.
+
+    The one-statement path takes no savepoint (two round trips per batch); a refused row (a value
+    no validation foresaw) raises RowsRefused, and ``store_batch`` redoes the batch isolated so
+    that only the refused rows are set aside instead of failing the batch on every retry.
     """
-    try:
-        with session.begin_nested():
+    if not isolate:
+        try:
             insert_events(session, rows, result)
+        except (DataError, IntegrityError) as exc:
+            raise RowsRefused(str(exc.orig)) from exc
         return
-    except (DataError, IntegrityError) as exc:
-        logger.warning("batch refused, isolating rows count=%d error=%s", len(rows), exc.orig)
     for row in rows:
         try:
             with session.begin_nested():
@@ -180,11 +189,13 @@ def store_webhook_batch(
     items: Sequence[RawItem],
     policy: SequencePolicy,
     batch_id: str | None = None,
+    *,
+    isolate: bool = False,
 ) -> StoreResult:
     """Store and sequence a receiver batch exactly once in effect; returns what was new.
 
     ``batch_id`` (the Celery task id) makes a redelivered batch a no-op, so its deliveries are not
-    counted again as duplicates by the sequencer.
+    counted again as duplicates by the sequencer. Raises RowsRefused unless ``isolate``.
     """
     result = StoreResult()
     if batch_id is not None and not claim_batch(session, batch_id):
@@ -196,5 +207,18 @@ def store_webhook_batch(
         dead_letter(session, "ingest", reason, {"item": kept})
         result.dead += 1
     rows, result.sequence = sequence_rows(session, rows, policy)
-    store_rows(session, rows, result)
+    store_rows(session, rows, result, isolate=isolate)
     return result
+
+
+def store_batch(
+    settings: Settings, items: Sequence[RawItem], policy: SequencePolicy, batch_id: str | None
+) -> StoreResult:
+    """``store_webhook_batch`` in its own transaction; redone row by row if a row is refused."""
+    try:
+        with session_scope(settings) as session:
+            return store_webhook_batch(session, items, policy, batch_id)
+    except RowsRefused as exc:
+        logger.warning("batch refused, isolating rows count=%d error=%s", len(items), exc)
+    with session_scope(settings) as session:
+        return store_webhook_batch(session, items, policy, batch_id, isolate=True)

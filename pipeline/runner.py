@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 Outcome = Literal["done", "started", "retry", "dead", "missing"]
 DRIVE_BUDGET_S = 20.0
 """A driver hands a busy topic to a fresh task after this long (tasks have a time limit)."""
+INLINE_BUDGET_S = 1.0
+"""An ingest task driving a topic right after storing hands it to a task after this long, so a
+busy topic does not hold up the next batches (they wait for a free ingest process)."""
 Mode = Literal["ordered", "single", "replay"]
 """How a run was started: by an ordered cursor, on its own (unordered, or late), or by replay."""
 
@@ -187,13 +190,19 @@ class WorkflowRunner:
     # -- ordered topics --------------------------------------------------------------------------
 
     def drive_topic(
-        self, route: Route, cache: str, topic: str, new_ids: list[int] | None = None
+        self,
+        route: Route,
+        cache: str,
+        topic: str,
+        new_ids: list[int] | None = None,
+        budget_s: float = DRIVE_BUDGET_S,
     ) -> int:
         """Run a topic's released events in order while this process holds the topic's lock.
 
-        Returns how many ran. After letting the lock go it looks once more for work, so an event
-        released while it was finishing is never left waiting for the periodic sweep. Of
-        ``new_ids``, those the cursor already passed (they arrived too late) run on their own.
+        Returns how many ran; past ``budget_s`` the topic goes on in an ``advance`` task. After
+        letting the lock go it looks once more for work, so an event released while it was
+        finishing is never left waiting for the periodic sweep. Of ``new_ids``, those the cursor
+        already passed (they arrived too late) run on their own.
         """
         key = f"{route.name}\x1f{cache}\x1f{topic}"
         ran = 0
@@ -205,7 +214,7 @@ class WorkflowRunner:
                         late = ordering.late_events(conn, route.name, cache, topic, new_ids)
                         dispatch_late(self.app, conn, route.name, late)
                     return ran
-                deadline = time.monotonic() + DRIVE_BUDGET_S
+                deadline = time.monotonic() + budget_s
                 try:
                     ran += self._drive_locked(conn, route, cache, topic, new_ids or [], deadline)
                 finally:

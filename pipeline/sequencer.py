@@ -9,6 +9,7 @@ and whichever of them crashes.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import defaultdict
@@ -17,8 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from pipeline.config import Settings
@@ -68,23 +68,31 @@ def _at(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
+_LOCK_CURSORS = text(
+    "INSERT INTO topic_cursors (cache, topic, state) "
+    "SELECT k.cache, k.topic, CAST(:state AS jsonb) "
+    "FROM unnest(CAST(:caches AS text[]), CAST(:topics AS text[])) AS k(cache, topic) "
+    "ORDER BY k.cache, k.topic "
+    "ON CONFLICT (cache, topic) DO UPDATE SET state = topic_cursors.state "
+    "RETURNING cache, topic, state"
+)  # plain text, one statement whatever the number of topics (a VALUES list compiles per batch)
+
+
 def lock_cursors(session: Session, keys: Iterable[TopicKey]) -> dict[TopicKey, TopicCursor]:
-    """Create missing cursor rows and lock all of them, in key order (no deadlocks)."""
+    """Create missing cursor rows and lock all of them, in key order (no deadlocks).
+
+    One statement: ``INSERT … ON CONFLICT DO UPDATE`` (a no-op update) locks each existing row as
+    it meets it, in sorted order, and returns every row's state.
+    """
     ordered = sorted(set(keys))
     if not ordered:
         return {}
-    session.execute(
-        pg_insert(TopicCursorRow)
-        .values([{"cache": c, "topic": t, "state": TopicCursor().to_json()} for c, t in ordered])
-        .on_conflict_do_nothing()
-    )
-    clauses = [and_(TopicCursorRow.cache == c, TopicCursorRow.topic == t) for c, t in ordered]
-    rows = session.execute(
-        select(TopicCursorRow.cache, TopicCursorRow.topic, TopicCursorRow.state)
-        .where(or_(*clauses))
-        .order_by(TopicCursorRow.cache, TopicCursorRow.topic)
-        .with_for_update()
-    ).all()
+    params = {
+        "caches": [c for c, _ in ordered],
+        "topics": [t for _, t in ordered],
+        "state": json.dumps(TopicCursor().to_json()),
+    }
+    rows = session.execute(_LOCK_CURSORS, params).all()
     return {(r.cache, r.topic): TopicCursor.from_json(r.state) for r in rows}
 
 

@@ -10,10 +10,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from pipeline.celery_app import app
 from pipeline.config import get_settings
-from pipeline.db import session_scope
 from pipeline.dispatch import hand_over
-from pipeline.ingest import store_webhook_batch
+from pipeline.ingest import store_batch
 from pipeline.sequencer import policy_from
+from tasks.workflows import drive_here, serves_workflows
 
 logger = get_task_logger(__name__)
 
@@ -32,9 +32,10 @@ logger = get_task_logger(__name__)
 def store_webhooks(self: Task, items: list[list[Any]]) -> dict[str, int]:
     """Store one batch of ``[raw body, received ms]`` items; retried while Postgres is down."""
     settings = get_settings()
-    with session_scope(settings) as session:
-        result = store_webhook_batch(session, items, policy_from(settings), self.request.id)
-    hand_over(settings, result, items)  # after the commit: events go to the workflow stage
+    result = store_batch(settings, items, policy_from(settings), self.request.id)
+    # After the commit, events go to the workflow stage: a worker that also serves the workflows
+    # queue drives ordered topics itself, saving a broker hop; a dedicated one hands them over.
+    hand_over(settings, result, items, drive_here if serves_workflows() else None)
     if result.replayed:
         logger.info("batch already stored id=%s", self.request.id)
         return {"new": 0, "duplicates": 0, "dead": 0}

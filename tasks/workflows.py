@@ -17,8 +17,8 @@ from pipeline.db import get_engine
 from pipeline.dispatch import sweep as sweep_stalled
 from pipeline.errors import RoutesError
 from pipeline.publisher import Publisher
-from pipeline.routes import routes_for
-from pipeline.runner import Mode, WorkflowRunner
+from pipeline.routes import Route, routes_for
+from pipeline.runner import INLINE_BUDGET_S, Mode, WorkflowRunner
 from pipeline.runs import backoff_s
 
 DB_ERRORS = (OperationalError, InterfaceError)
@@ -67,6 +67,16 @@ def advance(route: str, cache: str, topic: str, new_ids: list[int] | None = None
     """Run an ordered route's released events of one topic, in order; returns how many ran."""
     stage = runner()
     return stage.drive_topic(stage.routes.get(route), cache, topic, new_ids)
+
+
+def serves_workflows() -> bool:
+    """Whether this worker consumes the workflows queue (``-Q`` may leave it to other workers)."""
+    return "workflows" in app.amqp.queues.consume_from
+
+
+def drive_here(route: Route, cache: str, topic: str, new_ids: list[int]) -> int:
+    """Drive an ordered topic in this process right after its events were stored (no hop)."""
+    return runner().drive_topic(route, cache, topic, new_ids, budget_s=INLINE_BUDGET_S)
 
 
 @app.task(name="tasks.workflows.complete", **RETRY)

@@ -21,7 +21,7 @@ import pytest
 from pipeline import momento_client as mc
 from pipeline.config import Settings
 from pipeline.emulator import EmulatorServer
-from tests.conftest import ReceiverServer, WorkerProcess, count_rows, wait_for
+from tests.conftest import ReceiverServer, WorkerProcess, count_rows, queued_messages, wait_for
 from tests.e2e.workflow_support import Stack, beat, client_settings, subscribed
 from tests.integration.emulator_support import unique
 
@@ -112,6 +112,26 @@ def test_each_outbound_message_arrives_once_in_order_across_a_worker_sigkill(
     assert sum(ids.values()) - len(ids) <= 2  # at most one per task the victim had running
     first_seen = list(dict.fromkeys(m["text"] for m in received))
     assert first_seen == [t.upper() for t in texts]
+
+
+@pytest.mark.timeout(120)
+def test_an_ingest_only_worker_hands_ordered_topics_to_workflow_workers(
+    stack: Stack, emu: EmulatorServer, db: Settings
+) -> None:
+    cache = unique("split")
+    routes_file(stack.routes_path.parent, uppercase_routes(cache))
+    stack.hook(cache, "topic 1")
+    stack.workers(1, "-Q", "ingest")  # a dedicated ingest worker does not run workflows itself
+    texts = [f"message {i}" for i in range(1, 11)]
+    with subscribed(emu, cache, "topic 2") as subscriber:
+        stack.publish(cache, "topic 1", texts)
+        stored = f"SELECT count(*) FROM events WHERE cache = '{cache}'"
+        assert wait_for(lambda: count_rows(db, stored) == len(texts), 30)
+        assert wait_for(lambda: queued_messages(db, "workflows") > 0, 10)
+        assert count_rows(db, "SELECT count(*) FROM outbox") == 0
+        stack.workers(1, "-Q", "workflows,publish")
+        received = subscriber.collect(len(texts), timeout_s=30, settle_s=0.5)
+    assert [m["text"] for m in received] == [t.upper() for t in texts]
 
 
 @pytest.mark.timeout(120)

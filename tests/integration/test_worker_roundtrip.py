@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from pipeline.celery_app import app
 from pipeline.config import Settings
@@ -46,3 +49,29 @@ def test_poison_item_goes_to_dead_letters_and_the_rest_is_stored(
     app.send_task("tasks.ingest.store_webhooks", args=[batch])
     assert wait_for(lambda: count_rows(db, "SELECT count(*) FROM dead_letters") == 1, 20)
     assert count_rows(db, "SELECT count(*) FROM events") == 2
+
+
+def test_a_row_postgres_refuses_is_set_aside_and_the_rest_of_its_batch_stored(
+    db: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import ingest
+    from pipeline.sequencer import policy_from
+
+    real_rows = ingest.webhook_rows
+
+    def one_unstorable(items: Any) -> Any:
+        rows, poison = real_rows(items)
+        rows[1]["token_id"] = "x" * 300  # longer than the column: a value validation missed
+        return rows, poison
+
+    monkeypatch.setattr(ingest, "webhook_rows", one_unstorable)
+    batch = [webhook_item(seq, topic="refused") for seq in (1, 2, 3)]
+    result = ingest.store_batch(db, batch, policy_from(db), "refused-batch")
+    assert (len(result.new_ids), result.dead) == (2, 1)
+    stored = "SELECT count(*) FROM events WHERE topic = 'refused'"
+    assert count_rows(db, stored) == 2
+    reason = "SELECT count(*) FROM dead_letters WHERE reason LIKE '%too long%'"
+    assert count_rows(db, reason) == 1
+    again = ingest.store_batch(db, batch, policy_from(db), "refused-batch")
+    assert again.replayed  # the isolated redo claimed the batch: a redelivery adds nothing
+    assert count_rows(db, stored) == 2

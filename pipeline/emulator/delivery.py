@@ -18,6 +18,7 @@ import httpx
 
 from pipeline.emulator.faults import FaultPlan, FaultRegistry
 from pipeline.emulator.loop import BackgroundLoop
+from pipeline.emulator.poster import WebhookPoster
 from pipeline.emulator.webhooks import WebhookRegistry, build_body, headers
 
 logger = logging.getLogger(__name__)
@@ -71,12 +72,13 @@ class Dispatcher:
         self._flush_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._chains: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._stats: defaultdict[tuple[str, str], DeliveryStats] = defaultdict(DeliveryStats)
-        self._client: httpx.AsyncClient | None = None
+        self._client: WebhookPoster | None = None
 
     async def open(self) -> None:
         """Create the HTTP client (must run on the loop)."""
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-        self._client = httpx.AsyncClient(timeout=self._timeout_s, limits=limits)
+        self._client = WebhookPoster(
+            timeout_s=self._timeout_s, max_connections=200, max_keepalive=50
+        )
 
     async def aclose(self) -> None:
         """Abandon what is in flight and close the HTTP client (must run on the loop)."""
@@ -200,9 +202,7 @@ class Dispatcher:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout_s):
-                response = await self._client.post(
-                    hook.url, content=body, headers=headers(body, hook.secret)
-                )
+                status = await self._client.post(hook.url, body, headers(body, hook.secret))
         except (TimeoutError, httpx.TimeoutException):
             stats.timed_out += 1
             logger.warning(
@@ -223,7 +223,7 @@ class Dispatcher:
                 type(exc).__name__,
             )
             return
-        if 200 <= response.status_code < 300:
+        if 200 <= status < 300:
             stats.delivered += 1
         else:
             stats.failed += 1
@@ -232,5 +232,5 @@ class Dispatcher:
                 delivery.cache,
                 delivery.topic,
                 delivery.sequence_number,
-                response.status_code,
+                status,
             )

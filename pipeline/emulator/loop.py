@@ -1,4 +1,9 @@
-"""An asyncio event loop in a daemon thread, for webhook deliveries and the admin API."""
+"""An asyncio event loop in a daemon thread, for webhook deliveries and the admin API.
+
+The loop is uvloop's where it is installed (a project dependency outside Windows): each webhook
+delivery is a few loop callbacks, a socket write and a read, which cost less than half as much CPU
+there as on the standard selector loop.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +18,20 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop event loop if uvloop is installed, else asyncio's default one."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class BackgroundLoop:
     """Runs one event loop in its own thread; other threads hand it work."""
 
     def __init__(self, name: str = "emulator-loop") -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:

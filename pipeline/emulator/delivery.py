@@ -2,7 +2,8 @@
 
 Deliveries run concurrently on the emulator's event loop, so their order is not promised (as with
 Momento). Faults (drop, delay, duplicate, reorder) are applied here before the POST; the body's
-``publish_timestamp`` is taken when the POST is actually made.
+``publish_timestamp`` is taken when the POST is actually made. Each delivery is logged at DEBUG
+only; at INFO a summary of each webhook's counters comes once a minute while it is active.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pipeline.emulator.poster import WebhookPoster
 from pipeline.emulator.webhooks import WebhookRegistry, build_body, headers
 
 logger = logging.getLogger(__name__)
+
+SUMMARY_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -73,15 +76,20 @@ class Dispatcher:
         self._chains: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._stats: defaultdict[tuple[str, str], DeliveryStats] = defaultdict(DeliveryStats)
         self._client: WebhookPoster | None = None
+        self._reported: dict[tuple[str, str], DeliveryStats] = {}
+        self._summary_timer: asyncio.TimerHandle | None = None
 
     async def open(self) -> None:
         """Create the HTTP client (must run on the loop)."""
         self._client = WebhookPoster(
             timeout_s=self._timeout_s, max_connections=200, max_keepalive=50
         )
+        self._summary_timer = self._loop.loop.call_later(SUMMARY_INTERVAL_S, self._summarise)
 
     async def aclose(self) -> None:
         """Abandon what is in flight and close the HTTP client (must run on the loop)."""
+        if self._summary_timer is not None:
+            self._summary_timer.cancel()
         for timer in self._flush_timers.values():
             timer.cancel()
         for task in list(self._tasks):
@@ -101,6 +109,25 @@ class Dispatcher:
     def all_stats(self) -> dict[tuple[str, str], DeliveryStats]:
         """Snapshots of every webhook's counters."""
         return {key: dataclasses.replace(value) for key, value in list(self._stats.items())}
+
+    def _summarise(self) -> None:
+        """Log what each webhook did since the last summary, if anything."""
+        for key, stats in list(self._stats.items()):
+            before = self._reported.get(key, DeliveryStats())
+            if stats == before:
+                continue
+            self._reported[key] = dataclasses.replace(stats)
+            logger.info(
+                "webhook deliveries cache=%s topic=%s last_s=%d attempted=%d delivered=%d "
+                "failed=%d timed_out=%d dropped=%d duplicated=%d overloaded=%d",
+                *key,
+                SUMMARY_INTERVAL_S,
+                *(
+                    getattr(stats, field.name) - getattr(before, field.name)
+                    for field in dataclasses.fields(DeliveryStats)
+                ),
+            )
+        self._summary_timer = self._loop.loop.call_later(SUMMARY_INTERVAL_S, self._summarise)
 
     def _accept(self, delivery: Delivery) -> None:
         plan = self._faults.plan(delivery.cache, delivery.topic)
@@ -225,6 +252,13 @@ class Dispatcher:
             return
         if 200 <= status < 300:
             stats.delivered += 1
+            logger.debug(
+                "webhook delivered cache=%s topic=%s seq=%d status=%d",
+                delivery.cache,
+                delivery.topic,
+                delivery.sequence_number,
+                status,
+            )
         else:
             stats.failed += 1
             logger.warning(

@@ -2,9 +2,9 @@
 
 httpx cost about 1 ms of CPU per POST here (its request/response models, anyio and the pure-Python
 h11 parser), more than all of the emulator's gRPC work for the same message. A POST over a pooled
-connection of ``FastPool`` costs about a tenth of that. Only plain ``http://`` URLs with no proxy in
-the environment take that path; ``https://`` and proxied URLs still go through httpx, whose TLS and
-proxy handling is not repeated here.
+connection of ``FastPool`` costs about a tenth of that. Only plain ``http://`` URLs without
+credentials and with no proxy in the environment take that path; ``https://``, proxied URLs and
+URLs with credentials still go through httpx, whose TLS, proxy and auth handling is not repeated.
 
 What the receiver sees does not change: the request bytes are the ones httpx sends (its own
 ``build_request`` makes the fixed headers), connections are reused the same way (at most
@@ -262,8 +262,9 @@ class WebhookPoster:
 
     def _remember(self, url: str, names: tuple[str, ...]) -> _Template | None:
         template = None
-        if self._direct and httpx.URL(url).scheme == "http":
-            template = _template(self._client, url, names)
+        parsed = httpx.URL(url)
+        if self._direct and parsed.scheme == "http" and not parsed.userinfo:
+            template = _template(self._client, url, names)  # (httpx turns userinfo into auth)
         if len(self._templates) >= _TEMPLATE_CACHE_SIZE:
             self._templates.clear()
         self._templates[(url, names)] = template

@@ -203,17 +203,19 @@ def test_a_request_cut_by_the_timeout_does_not_poison_the_connection_pool(
     assert [n for n, _ in server.requests] == [1, 2]
 
 
-def test_https_and_proxied_urls_go_through_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_https_proxied_and_credentialed_urls_go_through_httpx(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     async def routes() -> list[bool]:
         poster = WebhookPoster(timeout_s=5, max_connections=10, max_keepalive=5)
         try:
             return [
                 poster._remember(url, ("a",)) is not None
-                for url in ("http://127.0.0.1:1/x", "https://127.0.0.1:1/x")
+                for url in ("http://127.0.0.1:1/x", "https://127.0.0.1:1/x", "http://u:p@h/")
             ]
         finally:
             await poster.aclose()
 
-    assert run(routes()) == [True, False]
+    assert run(routes()) == [True, False, False]
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
-    assert run(routes()) == [False, False]
+    assert run(routes()) == [False, False, False]

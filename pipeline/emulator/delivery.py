@@ -179,7 +179,9 @@ class Dispatcher:
                 admitted.append(job)
         if not admitted:
             return
-        due = self._loop.loop.time() + delay_s
+        # time.monotonic, not loop.time: uvloop's clock is cached per iteration and in whole ms,
+        # so a delay measured on it can end a little before delay_s of real time has passed.
+        due = time.monotonic() + delay_s
         key = (admitted[0].cache, admitted[0].topic)
         batches = [admitted] if ordered else [[job] for job in admitted]
         for batch in batches:
@@ -202,8 +204,7 @@ class Dispatcher:
         try:
             if previous is not None:
                 await asyncio.wait([previous])
-            wait_s = due - self._loop.loop.time()
-            if wait_s > 0:
+            while (wait_s := due - time.monotonic()) > 0:
                 await asyncio.sleep(wait_s)
             for job in jobs:
                 await self._post(job)

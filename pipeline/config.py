@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     pipeline_max_pending_events: int = Field(default=20000, ge=1)
     pipeline_enqueue_timeout_s: float = Field(default=3.0, gt=0, le=4.5)
     pipeline_visibility_timeout_s: int = Field(default=900, ge=10)
+    pipeline_ingest_task_events: bool = False
     pipeline_reorder_window_s: float = Field(default=2.0, ge=0)
     pipeline_reset_idle_s: float = Field(default=1.0, gt=0)
     pipeline_rollup_window_s: int = Field(default=60, ge=1)

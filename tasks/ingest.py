@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
+from celery.signals import worker_init
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -16,6 +17,18 @@ from pipeline.sequencer import policy_from
 from tasks.workflows import drive_here, serves_workflows
 
 logger = get_task_logger(__name__)
+
+
+@worker_init.connect
+def _ingest_events(**_: Any) -> None:
+    """Monitoring events for ingest batches only when asked (PIPELINE_INGEST_TASK_EVENTS).
+
+    Each task costs its worker three synchronous broker round trips of events (received, started,
+    succeeded): on the hot path, with one batch per few events at low rates, that was 40% of a
+    worker's consumer process. Ingest is counted on the receiver's /metrics instead; the
+    workflow, publish and aggregate tasks still show in Flower.
+    """
+    store_webhooks.send_events = get_settings().pipeline_ingest_task_events
 
 
 @app.task(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,3 +77,47 @@ def test_a_row_postgres_refuses_is_set_aside_and_the_rest_of_its_batch_stored(
     again = ingest.store_batch(db, batch, policy_from(db), "refused-batch")
     assert again.replayed  # the isolated redo claimed the batch: a redelivery adds nothing
     assert count_rows(db, stored) == 2
+
+
+class TaskEvents:
+    """Celery's monitoring events on the test broker (what Flower reads), collected in a thread."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self._connection = app.connection_for_read()
+        self._receiver = app.events.Receiver(self._connection, handlers={"*": self.seen.append})
+        self._thread = threading.Thread(target=self._capture, daemon=True)
+
+    def _capture(self) -> None:
+        with contextlib.suppress(Exception):  # the connection closes under it on stop
+            self._receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def __enter__(self) -> TaskEvents:
+        self._receiver.should_stop = False
+        self._thread.start()
+        time.sleep(0.5)  # subscribed before anything is sent
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._receiver.should_stop = True
+        self._thread.join(5)
+        self._connection.release()
+
+    def kinds_of(self, task_id: str) -> set[str]:
+        return {event["type"] for event in self.seen if event.get("uuid") == task_id}
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_ingest_batches_send_task_events_only_when_configured(
+    db: Settings, worker_factory: Callable[..., WorkerProcess], enabled: bool
+) -> None:
+    env = {"PIPELINE_INGEST_TASK_EVENTS": "true"} if enabled else {}
+    worker_factory(f"events-{enabled}", env=env)
+    with TaskEvents() as events:
+        ingest = app.send_task("tasks.ingest.store_webhooks", args=[[webhook_item(1)]])
+        sweep = app.send_task("tasks.workflows.sweep")
+        assert wait_for(lambda: "task-succeeded" in events.kinds_of(sweep.id), 20)
+        assert wait_for(lambda: count_rows(db, "SELECT count(*) FROM events") == 1, 20)
+        time.sleep(0.5)
+    ingest_events = events.kinds_of(ingest.id)
+    assert ("task-succeeded" in ingest_events) is enabled, ingest_events

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import Settings, get_settings
@@ -15,6 +17,9 @@ from pipeline.services import EmbeddedPostgres
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+
+IDLE_PING_S = 5.0
+"""A pooled connection idle for longer is pinged before use (see ``ping_when_idle``)."""
 
 
 def database_url(settings: Settings) -> str:
@@ -41,9 +46,35 @@ def get_engine(settings: Settings | None = None) -> Engine:
     with _lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            engine = create_engine(url, pool_size=5, max_overflow=5)
+            ping_when_idle(engine)
             _engines[url] = engine
         return engine
+
+
+def ping_when_idle(engine: Engine, idle_s: float = IDLE_PING_S) -> None:
+    """Check a pooled connection before use only if it sat idle for ``idle_s``.
+
+    ``pool_pre_ping`` pings on every checkout: a round trip per transaction, two per ingest batch
+    on the hot path. Connections that just served a task are alive; those that sat idle (across a
+    database restart, or past a proxy's idle timeout) are the ones to check. A failed ping makes
+    the pool replace the connection (SQLAlchemy's pessimistic disconnect handling); a connection
+    that dies while busy fails its statement, and the task's retry gets a fresh one.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < idle_s:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)  # what pool_pre_ping runs
+        except Exception as error:  # any failure: let the pool connect afresh
+            raise exc.DisconnectionError(f"idle connection failed its ping: {error}") from error
 
 
 def dispose_engines() -> None:

@@ -58,6 +58,8 @@ class SequenceReport:
     lost: int = 0
     filled: int = 0
     topics: set[TopicKey] = field(default_factory=set)
+    cursors: list[dict[str, Any]] = field(default_factory=list)
+    """With ``sequence_rows(save=False)``: the cursors' new states, for the caller to write."""
 
 
 def _ms(value: datetime) -> int:
@@ -97,12 +99,14 @@ def lock_cursors(session: Session, keys: Iterable[TopicKey]) -> dict[TopicKey, T
 
 
 def sequence_rows(
-    session: Session, rows: list[dict[str, Any]], policy: SequencePolicy
+    session: Session, rows: list[dict[str, Any]], policy: SequencePolicy, *, save: bool = True
 ) -> tuple[list[dict[str, Any]], SequenceReport]:
     """Classify a batch's event rows in arrival order; return the rows worth storing.
 
     Each row gains ``epoch`` and ``arrival``; duplicates are recorded, not returned; gaps that the
     reorder window closes are recorded as lost ranges. Must run inside the storing transaction.
+    ``save=False`` leaves writing the locked cursors to the caller (``report.cursors``), so that
+    it can write them in the statement that stores the events.
     """
     report = SequenceReport()
     by_topic: dict[TopicKey, list[int]] = defaultdict(list)
@@ -137,7 +141,12 @@ def sequence_rows(
                 report.late += outcome.kind is Kind.LATE
                 report.resets += outcome.kind is Kind.RESET
         _record_gaps(session, key, outcomes, now_ms, report)
-        _save(session, key, cursor, now_ms)
+        if save:
+            _save(session, key, cursor, now_ms)
+        else:
+            report.cursors.append(
+                {"cache": key[0], "topic": key[1], "state": cursor.to_json(), "newest": now_ms}
+            )
         report.topics.add(key)
     return [row for row, kept in zip(rows, keep, strict=True) if kept], report
 

@@ -138,6 +138,19 @@ def _late_statement() -> Any:
 
 
 PEEK = _peek_statement()
+MARK_SENT = (
+    update(OutboxMessage)
+    .where(OutboxMessage.id.in_(bindparam("p_sent", expanding=True)))
+    .values(
+        status=OutboxStatus.SENT,
+        sent_at=func.now(),
+        attempts=OutboxMessage.attempts + 1,
+        last_error=None,
+    )
+)
+PEEK_AND_MARK = PEEK.add_cte(MARK_SENT.returning(OutboxMessage.id).cte("marked"))
+"""PEEK that also marks rows sent (a driver's previous event's): one round trip, not two. Its
+``pending`` column still sees those rows as pending; the driver ignores it inside its loop."""
 MOVE = {expect: _move_statement(expect) for expect in (False, True)}
 LATE = _late_statement()
 ENSURE = pg_insert(RouteCursor).values(route=_ROUTE, cache=_CACHE, topic=_TOPIC)

@@ -29,6 +29,7 @@ from pipeline.cursor_sql import (
     LOAD,
     MOVE,
     PEEK,
+    PEEK_AND_MARK,
 )
 from pipeline.topic_cursor import TopicCursor
 
@@ -98,14 +99,23 @@ def ensure_cursor(conn: Connection, route: str, cache: str, topic: str) -> None:
 
 
 def peek(
-    conn: Connection, route: str, cache: str, topic: str, late_of: Sequence[int] = ()
+    conn: Connection,
+    route: str,
+    cache: str,
+    topic: str,
+    late_of: Sequence[int] = (),
+    mark_sent: Sequence[int] = (),
 ) -> Peek | None:
     """In one query: the cursor, the event after it if the sequencer releases it yet, whether
     the topic has outbox rows pending, and which of ``late_of`` came too late to run in order.
-    None if the cursor does not exist yet."""
+    None if the cursor does not exist yet. Outbox rows ``mark_sent`` are marked sent on the way
+    (``pending`` does not see that yet)."""
     key = f"{route}\x1f{cache}\x1f{topic}"
     params = _here(route, cache, topic) | {"p_key": key, "p_ids": list(late_of)}
-    row = conn.execute(PEEK, params).first()
+    if mark_sent:
+        row = conn.execute(PEEK_AND_MARK, params | {"p_sent": list(mark_sent)}).first()
+    else:
+        row = conn.execute(PEEK, params).first()
     if row is None:
         return None
     event = None

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, bindparam, func, insert, literal, sel
 from pipeline import momento_client
 from pipeline.celery_app import broker_url
 from pipeline.config import Settings
+from pipeline.cursor_sql import MARK_SENT as MARK_ALL_SENT
 from pipeline.errors import MomentoError
 from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus
 from pipeline.outbox import SEND_COLUMNS, envelope
@@ -121,17 +122,24 @@ class Publisher:
 
     # -- ordered rows: the caller holds the topic's lock ----------------------------------------
 
-    def send_locked(self, conn: Connection, rows: Sequence[Any]) -> SendReport:
+    def send_locked(
+        self, conn: Connection, rows: Sequence[Any], unmarked: list[int] | None = None
+    ) -> SendReport:
         """Send an ordering key's pending rows in id order; stop at one that must wait.
 
         The caller holds the key's advisory lock, so the rows are its alone; ``conn`` is in
-        autocommit, so each row is marked the moment it is sent.
+        autocommit, so each row is marked the moment it is sent, unless ``unmarked`` is given:
+        then sent rows' ids are added to it (and rows already in it skipped), for the caller to
+        mark with ``mark_sent`` before it lets the lock go.
         """
         report = SendReport()
+        skip = set(unmarked or ())
         for row in rows:
+            if row.id in skip:
+                continue
             if not row.due:
                 break
-            step = self._attempt(conn, row)
+            step = self._attempt(conn, row, unmarked)
             report.add(step)
             if step.retried:
                 break
@@ -211,7 +219,13 @@ class Publisher:
 
     # -- one row ------------------------------------------------------------------------------
 
-    def _attempt(self, conn: Connection, row: Any) -> SendReport:
+    def mark_sent(self, conn: Connection, ids: list[int]) -> None:
+        """Mark rows sent by ``send_locked(..., unmarked)`` in one statement, and forget them."""
+        if ids:
+            conn.execute(MARK_ALL_SENT, {"p_sent": list(ids)})
+            ids.clear()
+
+    def _attempt(self, conn: Connection, row: Any, unmarked: list[int] | None = None) -> SendReport:
         """Send one row that is this caller's alone and record the outcome through ``conn``."""
         try:
             self.bucket.acquire()
@@ -225,7 +239,10 @@ class Publisher:
             if row.attempts + 1 < self.settings.pipeline_publish_max_attempts:
                 return self._retry_later(conn, row, repr(exc))
             return self._give_up(conn, row, type(exc).__name__, repr(exc))
-        conn.execute(MARK_SENT, {"p_id": row.id})
+        if unmarked is None:
+            conn.execute(MARK_SENT, {"p_id": row.id})
+        else:
+            unmarked.append(row.id)
         return SendReport(sent=1)
 
     def _perform(self, row: Any) -> None:

@@ -234,10 +234,11 @@ class WorkflowRunner:
         cache: str,
         topic: str,
         late_of: Sequence[int] = (),
+        mark_sent: Sequence[int] = (),
     ) -> tuple[Any | None, ordering.Peek]:
         """The event to run now (a stalled canvas's, to restart; None if none may run), and the
-        cursor it was found at."""
-        at = ordering.peek(conn, route.name, cache, topic, late_of)
+        cursor it was found at. ``mark_sent``: outbox rows to mark sent in the same statement."""
+        at = ordering.peek(conn, route.name, cache, topic, late_of, mark_sent)
         if at is None:
             ordering.ensure_cursor(conn, route.name, cache, topic)
             at = ordering.peek(conn, route.name, cache, topic, late_of)
@@ -261,6 +262,22 @@ class WorkflowRunner:
         new_ids: list[int],
         deadline: float,
     ) -> int:
+        unmarked: list[int] = []  # sent; marked by the next peek, or before the lock is let go
+        try:
+            return self._run_released(conn, route, cache, topic, new_ids, deadline, unmarked)
+        finally:
+            self.publisher.mark_sent(conn, unmarked)  # before the caller lets the lock go
+
+    def _run_released(
+        self,
+        conn: Connection,
+        route: Route,
+        cache: str,
+        topic: str,
+        new_ids: list[int],
+        deadline: float,
+        unmarked: list[int],
+    ) -> int:
         ran = 0
         is_task = resolve_workflow(route.workflow).is_task
         row, at = self._next(conn, route, cache, topic, new_ids)
@@ -275,7 +292,7 @@ class WorkflowRunner:
             result = self.attempt(route, row)
             if result.error is None:
                 pending = self._commit(conn, route, row, result.rows, mode="ordered")
-                self._sent(self.publisher.send_locked(conn, pending))
+                self._sent(self.publisher.send_locked(conn, pending, unmarked))
             elif result.retry and at.attempts + 1 < self.settings.pipeline_workflow_max_attempts:
                 delay_s = backoff_s(at.attempts + 1)
                 ordering.hold_for_retry(conn, route.name, row, delay_s)
@@ -288,5 +305,6 @@ class WorkflowRunner:
             ran += 1
             if time.monotonic() >= deadline:
                 return ran
-            row, at = self._next(conn, route, cache, topic)
+            row, at = self._next(conn, route, cache, topic, mark_sent=unmarked)
+            unmarked.clear()
         return ran

@@ -5,6 +5,12 @@ holding its event; a request answered 2xx is therefore durable. Sending one brok
 request costs ~1 ms of CPU each and caps a receiver at a few hundred requests/s; one message per
 batch makes that cost per batch instead.
 
+The wait adapts to the workers: a Redis ``LPUSH`` answers with the queue's length, and while
+batches are waiting there (the workers are behind), a new batch would wait anyway, so it
+collects for longer (``wait_s`` times the waiting batches plus one, at most ``max_wait_s``).
+Bigger batches cost the workers less per event, so they catch up instead of falling further
+behind; with an empty queue the wait is ``wait_s`` again.
+
 Memory is bounded: at most ``max_pending`` events wait at once; past that a request is refused
 (503) at once rather than queued behind a broker that is not keeping up.
 
@@ -41,9 +47,10 @@ SendBatch = Callable[[Sequence[Item]], None]
 
 
 class AsyncSender(Protocol):
-    """A send that runs on the event loop itself (no thread hand-off per batch)."""
+    """A send that runs on the event loop itself (no thread hand-off per batch); it may return
+    how many batches now wait in the broker's queue (its own included)."""
 
-    def __call__(self, items: Sequence[Item]) -> Awaitable[None]: ...
+    def __call__(self, items: Sequence[Item]) -> Awaitable[int | None]: ...
 
     async def aclose(self) -> None:
         """Release connections (called once the batcher has stopped)."""
@@ -82,8 +89,8 @@ class RedisPush:
             url, socket_connect_timeout=connect_timeout_s, socket_timeout=timeout_s
         )
 
-    async def __call__(self, items: Sequence[Item]) -> None:
-        await self._client.lpush(self.key, self.encode(items))
+    async def __call__(self, items: Sequence[Item]) -> int:
+        return int(await self._client.lpush(self.key, self.encode(items)))
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -99,6 +106,7 @@ class GroupCommitter:
         *,
         max_batch: int = 500,
         wait_s: float = 0.002,
+        max_wait_s: float = 0.02,
         max_pending: int = 20000,
         timeout_s: float = 3.0,
         max_concurrent_sends: int = 4,
@@ -111,6 +119,8 @@ class GroupCommitter:
         self._send_blocking = None if on_loop else cast(SendBatch, send)
         self.max_batch = max_batch
         self.wait_s = wait_s
+        self.max_wait_s = max(wait_s, max_wait_s)
+        self._waiting = 0  # batches in the broker's queue after the last send, besides that one
         self.max_pending = max_pending
         self.timeout_s = timeout_s
         self._queue: list[tuple[Item, asyncio.Future[None], float]] = []
@@ -172,6 +182,12 @@ class GroupCommitter:
             self._pending -= 1
             metrics.IN_FLIGHT.dec()
 
+    def current_wait_s(self) -> float:
+        """How long the next batch collects: longer while batches wait in the broker."""
+        wait_s = min(self.max_wait_s, self.wait_s * (1 + self._waiting))
+        metrics.BATCH_WAIT.set(wait_s)
+        return wait_s
+
     async def _reap(self) -> None:
         """Fail requests whose batch the broker has not accepted within ``timeout_s``."""
         period_s = min(0.05, self.timeout_s / 10)
@@ -191,8 +207,9 @@ class GroupCommitter:
             self._wakeup.clear()
             if not self._queue and self._closing:
                 return
-            if self.wait_s and len(self._queue) < self.max_batch and not self._closing:
-                await asyncio.sleep(self.wait_s)
+            wait_s = self.current_wait_s()
+            if wait_s and len(self._queue) < self.max_batch and not self._closing:
+                await asyncio.sleep(wait_s)
             while self._queue:
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
                 await self._slots.acquire()
@@ -207,7 +224,9 @@ class GroupCommitter:
             if not items:  # every request of the batch timed out while it waited
                 pass
             elif self._send_async is not None:
-                await self._send_async(items)
+                queued = await self._send_async(items)
+                if queued is not None:
+                    self._waiting = max(0, queued - 1)
             elif self._send_blocking is not None:
                 await loop.run_in_executor(self._executor, self._send_blocking, items)
         except Exception as exc:

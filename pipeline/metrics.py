@@ -33,6 +33,10 @@ ENQUEUE_SECONDS = Histogram(
     "Time from a request's arrival at the batcher to its batch being accepted by the broker.",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
 )
+BATCH_WAIT = Gauge(
+    "pipeline_ingest_batch_wait_seconds",
+    "How long the group commit collects a batch now (longer while the ingest queue is behind).",
+)
 IN_FLIGHT = Gauge(
     "pipeline_webhook_in_flight_events",
     "Events accepted by the receiver and waiting for the broker.",

@@ -1,0 +1,45 @@
+"""Group commit against the real broker: the batch wait grows while batches wait in the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import redis
+
+from pipeline.batcher import GroupCommitter, RedisPush
+
+
+async def send_spaced(url: str, key: str, count: int, max_wait_s: float) -> None:
+    """Submit ``count`` items 3 ms apart (nobody consumes the queue, so it only grows)."""
+    push = RedisPush(url, key, encode=lambda items: json.dumps(list(items)).encode())
+    committer = GroupCommitter(push, wait_s=0.002, max_wait_s=max_wait_s)
+    await committer.start()
+    requests = []
+    for i in range(count):
+        requests.append(asyncio.create_task(committer.submit(i)))
+        await asyncio.sleep(0.003)
+    await asyncio.gather(*requests)
+    await committer.stop()
+
+
+def batches(url: str, count: int, max_wait_s: float) -> list[list[int]]:
+    key = f"group-commit-{uuid.uuid4().hex}"
+    asyncio.run(send_spaced(url, key, count, max_wait_s))
+    client = redis.Redis.from_url(url)
+    try:
+        return [json.loads(raw) for raw in reversed(client.lrange(key, 0, -1))]
+    finally:
+        client.delete(key)
+        client.close()
+
+
+def test_batches_grow_while_the_queue_is_behind_and_lose_nothing(redis_url: str) -> None:
+    fixed = batches(redis_url, 60, max_wait_s=0.002)
+    adaptive = batches(redis_url, 60, max_wait_s=0.04)
+    for sent in (fixed, adaptive):
+        assert [item for batch in sent for item in batch] == list(range(60))
+    assert len(adaptive[0]) <= 2  # an empty queue: the short wait
+    assert max(len(batch) for batch in adaptive) >= 5
+    assert len(adaptive) * 2 < len(fixed), (len(adaptive), len(fixed))

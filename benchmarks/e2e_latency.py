@@ -40,10 +40,6 @@ from pipeline.config import Settings
 from pipeline.services import running_services
 
 CACHE, INBOUND, OUTBOUND = "bench", "in", "out"
-QUIET_EMULATOR = (
-    "import logging; logging.basicConfig(level=logging.WARNING); "
-    "from pipeline.emulator.command import emulator; emulator(prog_name='emulator')"
-)
 SECRET = "benchmark-secret-0123456789"
 
 
@@ -80,9 +76,6 @@ class Processes:
 
     def start(self, *args: str) -> None:
         command = [sys.executable, "-m", "pipeline.cli", *args]
-        if args[0] == "emulator" and not self.verbose:
-            # The emulator command logs every webhook POST at INFO: too costly at hundreds/s.
-            command = [sys.executable, "-c", QUIET_EMULATOR, *args[1:]]
         self.children.append(
             subprocess.Popen(
                 command,
@@ -240,7 +233,9 @@ def main(
     report(latencies, rate, seconds, workers, concurrency, unordered)
     breakdown = "  ".join(f"{role} {ms:.1f}" for role, ms in cpu_ms.items())
     print(f"cpu ms/event {breakdown}  (total {sum(cpu_ms.values()):.1f})")
+    per_batch = stages.pop("(events per ingest batch")
     print("stage p50 ms " + "  ".join(f"{name} {ms:.1f}" for name, ms in stages.items()))
+    print(f"batches      {per_batch:.2f} events per ingest batch (group commit)")
     print(f"load avg     {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the box)")
 
 
@@ -307,8 +302,12 @@ def stage_medians(database_url: str, warmup: int) -> dict[str, float]:
             points = [float(p) for p in [*points, row.committed_us, row.sent_us]]
             for name, start, end in zip(spans, points, points[1:], strict=False):
                 spans[name].append((end - start) / 1000)
+        events, batches = conn.execute(
+            text("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM ingest_batches)")
+        ).one()
     engine.dispose()
-    return {name: statistics.median(values) for name, values in spans.items() if values}
+    medians = {name: statistics.median(values) for name, values in spans.items() if values}
+    return medians | {"(events per ingest batch": events / max(1, batches)}
 
 
 def report(

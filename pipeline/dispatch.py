@@ -14,6 +14,7 @@ has work.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -32,6 +33,7 @@ from pipeline.models import Event, RouteCursor, TopicCursorRow, WorkflowRun
 from pipeline.ordering import late_events
 from pipeline.publisher import try_lock, unlock
 from pipeline.routes import Route, RouteTable, routes_for
+from pipeline.runner import INLINE_BUDGET_S
 from pipeline.runs import claim_runs, dispatch_late
 from pipeline.templates import glob_regex
 
@@ -46,6 +48,8 @@ DISPATCHED = Counter(
 
 Drive = Callable[[Route, str, str, list[int]], int]
 """Runs an ordered topic's released events here: (route, cache, topic, new event ids) -> ran."""
+Run = Callable[[str, int], None]
+"""Runs one event of an unordered route here: (route name, event id)."""
 
 ACTIVE_WINDOW = timedelta(hours=1)
 """Ordered topics quiet for longer are not nudged by the sweep."""
@@ -75,11 +79,13 @@ def dispatch_stored(
     result: StoreResult,
     items: Sequence[Sequence[Any]] = (),
     drive: Drive | None = None,
+    run: Run | None = None,
 ) -> int:
     """Hand a committed batch's new events (all its events, if redelivered) to the workflows.
 
-    With ``drive``, ordered topics are driven in this process instead of by an ``advance`` task.
-    Returns the tasks sent; topics driven here count as dispatches of kind "inline".
+    With ``drive``, ordered topics are driven in this process instead of by an ``advance`` task;
+    with ``run``, unordered runs are done here (for up to INLINE_BUDGET_S) instead of by ``run``
+    tasks. Returns the tasks sent; work done here counts as dispatches of kind "inline".
     """
     if not routes.routes or not (result.new_ids or result.replayed):
         UNROUTED_EVENTS.inc(len(result.new_ids))
@@ -98,16 +104,20 @@ def dispatch_stored(
         with engine.begin() as conn:
             claimed = claim_runs(conn, pairs, again=False)
     UNROUTED_EVENTS.inc(sum(len(by_topic[t]) for t, found in matched.items() if not found))
+    inline = unordered = ordered_sent = 0
+    deadline = time.monotonic() + INLINE_BUDGET_S
     for route_name, event_id in claimed:
-        app.send_task("tasks.workflows.run", args=(route_name, event_id))
-    sent = len(claimed)
+        if run is not None and time.monotonic() < deadline and _ran_here(run, route_name, event_id):
+            inline += 1
+        else:
+            app.send_task("tasks.workflows.run", args=(route_name, event_id))
+            unordered += 1
     ordered = [
         (route, topic)
         for topic, found in sorted(matched.items())
         for route in found
         if route.ordered
     ]
-    inline = 0
     if ordered and drive is not None:
         for route, (cache, topic) in ordered:
             drive(route, cache, topic, by_topic[(cache, topic)])
@@ -116,13 +126,24 @@ def dispatch_stored(
         with engine.connect() as raw:
             conn = raw.execution_options(isolation_level="AUTOCOMMIT")
             for route, (cache, topic) in ordered:
-                sent += nudge(app, conn, route, cache, topic, by_topic[(cache, topic)])
-    DISPATCHED.labels("unordered").inc(len(claimed))
-    DISPATCHED.labels("ordered").inc(sent - len(claimed))
+                ordered_sent += nudge(app, conn, route, cache, topic, by_topic[(cache, topic)])
+    DISPATCHED.labels("unordered").inc(unordered)
+    DISPATCHED.labels("ordered").inc(ordered_sent)
     DISPATCHED.labels("inline").inc(inline)
+    sent = unordered + ordered_sent
     if result.replayed and sent:
         logger.info("redelivered batch handed over again tasks=%d", sent)
     return sent
+
+
+def _ran_here(run: Run, route: str, event_id: int) -> bool:
+    """Run an unordered event here; False (send it as a task instead) if that failed."""
+    try:
+        run(route, event_id)
+    except Exception:  # the task path retries and reports it; the ingest task goes on
+        logger.warning("inline run failed, sending a task route=%s event=%d", route, event_id)
+        return False
+    return True
 
 
 def nudge(
@@ -162,12 +183,13 @@ def hand_over(
     result: StoreResult,
     items: Sequence[Sequence[Any]],
     drive: Drive | None = None,
+    run: Run | None = None,
 ) -> int:
     """``dispatch_stored`` with this process's app, engine and routes (called by tasks.ingest)."""
     from pipeline.celery_app import app
 
     engine = get_engine(settings)
-    return dispatch_stored(app, engine, routes_for(settings), result, items, drive)
+    return dispatch_stored(app, engine, routes_for(settings), result, items, drive, run)
 
 
 def sweep(app: Celery, engine: Engine, routes: RouteTable, stall: timedelta) -> dict[str, int]:

@@ -39,8 +39,8 @@ Outcome = Literal["done", "started", "retry", "dead", "missing"]
 DRIVE_BUDGET_S = 20.0
 """A driver hands a busy topic to a fresh task after this long (tasks have a time limit)."""
 INLINE_BUDGET_S = 1.0
-"""An ingest task driving a topic right after storing hands it to a task after this long, so a
-busy topic does not hold up the next batches (they wait for a free ingest process)."""
+"""An ingest task running a batch's workflows right after storing it hands the rest to tasks
+after this long, so a busy topic does not hold up the next batches."""
 Mode = Literal["ordered", "single", "replay"]
 """How a run was started: by an ordered cursor, on its own (unordered, or late), or by replay."""
 

@@ -14,7 +14,7 @@ from pipeline.config import get_settings
 from pipeline.dispatch import hand_over
 from pipeline.ingest import store_batch
 from pipeline.sequencer import policy_from
-from tasks.workflows import drive_here, serves_workflows
+from tasks.workflows import drive_here, run_here, serves_workflows
 
 logger = get_task_logger(__name__)
 
@@ -47,8 +47,9 @@ def store_webhooks(self: Task, items: list[list[Any]]) -> dict[str, int]:
     settings = get_settings()
     result = store_batch(settings, items, policy_from(settings), self.request.id)
     # After the commit, events go to the workflow stage: a worker that also serves the workflows
-    # queue drives ordered topics itself, saving a broker hop; a dedicated one hands them over.
-    hand_over(settings, result, items, drive_here if serves_workflows() else None)
+    # queue runs them itself, saving a broker hop and a task; a dedicated one hands them over.
+    here = serves_workflows()
+    hand_over(settings, result, items, drive_here if here else None, run_here if here else None)
     if result.replayed:
         logger.info("batch already stored id=%s", self.request.id)
         return {"new": 0, "duplicates": 0, "dead": 0}

@@ -79,6 +79,15 @@ def drive_here(route: Route, cache: str, topic: str, new_ids: list[int]) -> int:
     return runner().drive_topic(route, cache, topic, new_ids, budget_s=INLINE_BUDGET_S)
 
 
+def run_here(route: str, event_id: int) -> None:
+    """Run an unordered route's event in this process right after it was stored (no hop)."""
+    if runner().run_event(route, event_id, mode="single", attempt=0) == "retry":
+        # Its first attempt is spent: the task goes on from the second.
+        app.send_task(
+            "tasks.workflows.run", args=(route, event_id), countdown=backoff_s(1), retries=1
+        )
+
+
 @app.task(name="tasks.workflows.complete", **RETRY)
 def complete(result: Any, route: str, event_id: int, mode: Mode) -> None:
     """Last step of every canvas workflow: commit its result with the outbox rows."""

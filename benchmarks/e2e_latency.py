@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import shlex
@@ -219,6 +220,8 @@ def main(
                     os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING"),
                 )
             time.sleep(5)  # workers connect, fork their pools and warm up
+            gc.collect()
+            gc.freeze()  # this process's own collector pauses would count as pipeline latency
             roles = process_roles(home, children.children)
             before = {role: cpu_seconds(pids) for role, pids in roles.items()}
             latencies = measure(address, rate, seconds, warmup_s)

@@ -138,6 +138,17 @@ def _late_statement() -> Any:
 
 
 PEEK = _peek_statement()
+_CURSOR = select(RouteCursor).where(_THIS).subquery("cursor")
+LOCK_OR_LATE = select(
+    func.pg_try_advisory_lock(func.hashtextextended(bindparam("p_key"), 0)).label("locked"),
+    select(func.array_agg(Event.id))
+    .select_from(_CURSOR)
+    .join(Event, _late_filter(_CURSOR))
+    .scalar_subquery()
+    .label("late"),
+)
+"""Take a topic's driver lock, and (for when another driver holds it) which of ``p_ids`` came
+too late to run in order: one round trip for an ingest task that finds the topic busy."""
 MARK_SENT = (
     update(OutboxMessage)
     .where(OutboxMessage.id.in_(bindparam("p_sent", expanding=True)))

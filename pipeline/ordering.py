@@ -27,6 +27,7 @@ from pipeline.cursor_sql import (
     INFLIGHT,
     LATE,
     LOAD,
+    LOCK_OR_LATE,
     MOVE,
     PEEK,
     PEEK_AND_MARK,
@@ -170,6 +171,16 @@ def late_events(conn: Connection, route: str, cache: str, topic: str, ids: list[
     never.
     """
     return list(conn.execute(LATE, _here(route, cache, topic) | {"p_ids": ids}).scalars())
+
+
+def lock_or_late(
+    conn: Connection, route: str, cache: str, topic: str, ids: list[int]
+) -> tuple[bool, list[int]]:
+    """Try the topic's driver lock; if it is taken, also return ``late_events(ids)``."""
+    key = f"{route}\x1f{cache}\x1f{topic}"
+    params = _here(route, cache, topic) | {"p_key": key, "p_ids": ids}
+    row = conn.execute(LOCK_OR_LATE, params).one()
+    return bool(row.locked), [] if row.locked else sorted(row.late or ())
 
 
 def load_event(conn: Connection, event_id: int) -> Any | None:

@@ -209,10 +209,12 @@ class WorkflowRunner:
         with self.engine.connect() as raw:
             conn = raw.execution_options(isolation_level="AUTOCOMMIT")
             while True:
-                if not try_lock(conn, key):
-                    if new_ids:
-                        late = ordering.late_events(conn, route.name, cache, topic, new_ids)
+                if new_ids:  # lock, or the late ones of new_ids, in one round trip
+                    locked, late = ordering.lock_or_late(conn, route.name, cache, topic, new_ids)
+                    if not locked:
                         dispatch_late(self.app, conn, route.name, late)
+                        return ran
+                elif not try_lock(conn, key):
                     return ran
                 deadline = time.monotonic() + budget_s
                 try:

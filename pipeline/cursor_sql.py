@@ -9,7 +9,22 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Update, and_, bindparam, exists, func, or_, select, true, tuple_, update
+from sqlalchemy import (
+    BigInteger,
+    Update,
+    and_,
+    bindparam,
+    case,
+    cast,
+    exists,
+    func,
+    or_,
+    select,
+    true,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from pipeline.models import (
@@ -41,6 +56,16 @@ _ROUTE: Any = bindparam("p_route")
 _CACHE: Any = bindparam("p_cache")
 _TOPIC: Any = bindparam("p_topic")
 _THIS = and_(RouteCursor.route == _ROUTE, RouteCursor.cache == _CACHE, RouteCursor.topic == _TOPIC)
+
+
+def lock_id(key: Any) -> Any:
+    """The bigint advisory lock of an ordered route's topic (collisions only serialize)."""
+    return func.hashtextextended(key, 0)
+
+
+def _late_ids(cursor: Any) -> Any:
+    """The ids of ``_late_filter(cursor)``, as one array (NULL if none)."""
+    return select(func.array_agg(Event.id)).where(_late_filter(cursor)).scalar_subquery()
 
 
 def _late_filter(cursor: Any) -> Any:
@@ -89,7 +114,7 @@ def _peek_statement() -> Any:
         .scalar_subquery(),
         False,
     )
-    late = select(func.array_agg(Event.id)).where(_late_filter(cursor)).scalar_subquery()
+    late = _late_ids(cursor)
     return (
         select(
             cursor,
@@ -138,17 +163,18 @@ def _late_statement() -> Any:
 
 
 PEEK = _peek_statement()
-_CURSOR = select(RouteCursor).where(_THIS).subquery("cursor")
 LOCK_OR_LATE = select(
-    func.pg_try_advisory_lock(func.hashtextextended(bindparam("p_key"), 0)).label("locked"),
-    select(func.array_agg(Event.id))
-    .select_from(_CURSOR)
-    .join(Event, _late_filter(_CURSOR))
-    .scalar_subquery()
-    .label("late"),
+    case(
+        (func.pg_try_advisory_lock(lock_id(bindparam("p_key"))), None),
+        else_=func.coalesce(
+            _late_ids(select(RouteCursor).where(_THIS).subquery("cursor")),
+            cast(array([]), ARRAY(BigInteger)),
+        ),
+    ).label("late")
 )
-"""Take a topic's driver lock, and (for when another driver holds it) which of ``p_ids`` came
-too late to run in order: one round trip for an ingest task that finds the topic busy."""
+"""Take a topic's driver lock (``late`` is NULL), or else find which of ``p_ids`` came too late
+to run in order (an array): one round trip for an ingest task that finds the topic busy. The
+late query runs only if the lock is taken by another."""
 MARK_SENT = (
     update(OutboxMessage)
     .where(OutboxMessage.id.in_(bindparam("p_sent", expanding=True)))

@@ -41,13 +41,11 @@ class StoreResult:
     replayed: bool = False
     sequence: SequenceReport = field(default_factory=SequenceReport)
 
-
-_ROW_COLUMNS = (
-    "cache", "topic", "topic_sequence_number", "sequence_page", "event_timestamp",
-    "publish_timestamp", "token_id", "text", "raw_body", "received_at", "source",
-    "idempotency_key", "epoch", "arrival",
-)  # fmt: skip
-"""The columns of an event row (``webhook_rows``), for a batch with no rows to store."""
+    def count(self, offered: int, inserted: Sequence[Any]) -> None:
+        """Add inserted rows (``id, cache, topic``); the rest of ``offered`` were stored before."""
+        self.new_ids.extend(row.id for row in inserted)
+        self.topics.update((row.cache, row.topic) for row in inserted)
+        self.duplicates += offered - len(inserted)
 
 
 def _ms_to_datetime(ms: int) -> datetime:
@@ -169,9 +167,7 @@ def insert_events(session: Session, rows: list[dict[str, Any]], result: StoreRes
         return
     payload = json.dumps(rows, default=_json_value, separators=(",", ":"))
     inserted = session.execute(_insert_from_json(tuple(rows[0])), {"rows": payload}).all()
-    result.new_ids.extend(row.id for row in inserted)
-    result.topics.update((row.cache, row.topic) for row in inserted)
-    result.duplicates += len(rows) - len(inserted)
+    result.count(len(rows), inserted)
 
 
 def dead_letter(session: Session, kind: str, reason: str, payload: dict[str, Any]) -> None:
@@ -199,7 +195,7 @@ def write_batch(
     Raises BatchStoredBefore if ``batch_id`` was claimed before, RowsRefused if Postgres refuses
     a row; either way the transaction must be rolled back.
     """
-    columns = tuple(rows[0]) if rows else _ROW_COLUMNS
+    columns = tuple(rows[0]) if rows else ("cache",)  # nothing to insert: any column will do
     params = {
         "task_id": batch_id,
         "cursors": json.dumps(cursors, separators=(",", ":")),
@@ -211,10 +207,7 @@ def write_batch(
         raise RowsRefused(str(exc.orig)) from exc
     if batch_id is not None and not found[0].claimed:
         raise BatchStoredBefore(batch_id)
-    inserted = [row for row in found if row.id is not None]
-    result.new_ids.extend(row.id for row in inserted)
-    result.topics.update((row.cache, row.topic) for row in inserted)
-    result.duplicates += len(rows) - len(inserted)
+    result.count(len(rows), [row for row in found if row.id is not None])
 
 
 def insert_isolated(session: Session, rows: list[dict[str, Any]], result: StoreResult) -> None:

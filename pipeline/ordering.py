@@ -179,8 +179,8 @@ def lock_or_late(
     """Try the topic's driver lock; if it is taken, also return ``late_events(ids)``."""
     key = f"{route}\x1f{cache}\x1f{topic}"
     params = _here(route, cache, topic) | {"p_key": key, "p_ids": ids}
-    row = conn.execute(LOCK_OR_LATE, params).one()
-    return bool(row.locked), [] if row.locked else sorted(row.late or ())
+    late = conn.execute(LOCK_OR_LATE, params).scalar_one()
+    return late is None, sorted(late or ())
 
 
 def load_event(conn: Connection, event_id: int) -> Any | None:

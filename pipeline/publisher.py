@@ -20,12 +20,12 @@ from functools import cached_property
 from typing import Any, Protocol
 
 import redis
-from sqlalchemy import Connection, Engine, bindparam, func, insert, literal, select, update
+from sqlalchemy import Connection, Engine, func, insert, literal, select, update
 
 from pipeline import momento_client
 from pipeline.celery_app import broker_url
 from pipeline.config import Settings
-from pipeline.cursor_sql import MARK_SENT as MARK_ALL_SENT
+from pipeline.cursor_sql import MARK_SENT, lock_id
 from pipeline.errors import MomentoError
 from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus
 from pipeline.outbox import SEND_COLUMNS, envelope
@@ -34,16 +34,6 @@ from pipeline.ratelimit import LocalBucket, TokenBucket
 logger = logging.getLogger(__name__)
 
 BUCKET_KEY = "pipeline:publish-bucket"
-MARK_SENT = (
-    update(OutboxMessage)
-    .where(OutboxMessage.id == bindparam("p_id"))
-    .values(
-        status=OutboxStatus.SENT,
-        sent_at=func.now(),
-        attempts=OutboxMessage.attempts + 1,
-        last_error=None,
-    )
-)
 
 
 class Bucket(Protocol):
@@ -68,11 +58,6 @@ class SendReport:
         self.dead += other.dead
         if other.retry_in_s is not None:
             self.retry_in_s = min(self.retry_in_s or other.retry_in_s, other.retry_in_s)
-
-
-def lock_id(key: str) -> Any:
-    """The bigint advisory lock of an ordered route's topic (collisions only serialize)."""
-    return func.hashtextextended(key, 0)
 
 
 def try_lock(conn: Connection, key: str) -> bool:
@@ -222,7 +207,7 @@ class Publisher:
     def mark_sent(self, conn: Connection, ids: list[int]) -> None:
         """Mark rows sent by ``send_locked(..., unmarked)`` in one statement, and forget them."""
         if ids:
-            conn.execute(MARK_ALL_SENT, {"p_sent": list(ids)})
+            conn.execute(MARK_SENT, {"p_sent": list(ids)})
             ids.clear()
 
     def _attempt(self, conn: Connection, row: Any, unmarked: list[int] | None = None) -> SendReport:
@@ -240,7 +225,7 @@ class Publisher:
                 return self._retry_later(conn, row, repr(exc))
             return self._give_up(conn, row, type(exc).__name__, repr(exc))
         if unmarked is None:
-            conn.execute(MARK_SENT, {"p_id": row.id})
+            conn.execute(MARK_SENT, {"p_sent": [row.id]})
         else:
             unmarked.append(row.id)
         return SendReport(sent=1)

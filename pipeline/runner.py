@@ -217,10 +217,16 @@ class WorkflowRunner:
                 elif not try_lock(conn, key):
                     return ran
                 deadline = time.monotonic() + budget_s
+                unmarked: list[int] = []  # sent; marked by the next peek, or here before unlock
                 try:
-                    ran += self._drive_locked(conn, route, cache, topic, new_ids or [], deadline)
+                    ran += self._drive_locked(
+                        conn, route, cache, topic, new_ids or [], deadline, unmarked
+                    )
                 finally:
-                    unlock(conn, key)
+                    try:
+                        self.publisher.mark_sent(conn, unmarked)
+                    finally:
+                        unlock(conn, key)
                 new_ids = None
                 if time.monotonic() >= deadline:  # a long stream: go on in a fresh task
                     self.app.send_task("tasks.workflows.advance", args=(route.name, cache, topic))
@@ -263,23 +269,9 @@ class WorkflowRunner:
         topic: str,
         new_ids: list[int],
         deadline: float,
-    ) -> int:
-        unmarked: list[int] = []  # sent; marked by the next peek, or before the lock is let go
-        try:
-            return self._run_released(conn, route, cache, topic, new_ids, deadline, unmarked)
-        finally:
-            self.publisher.mark_sent(conn, unmarked)  # before the caller lets the lock go
-
-    def _run_released(
-        self,
-        conn: Connection,
-        route: Route,
-        cache: str,
-        topic: str,
-        new_ids: list[int],
-        deadline: float,
         unmarked: list[int],
     ) -> int:
+        """Run released events under the lock; rows sent and not yet marked go to ``unmarked``."""
         ran = 0
         is_task = resolve_workflow(route.workflow).is_task
         row, at = self._next(conn, route, cache, topic, new_ids)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from pipeline import ordering
 from pipeline.config import Settings
@@ -10,9 +10,9 @@ from pipeline.db import get_engine
 from pipeline.publisher import try_lock, unlock
 
 
-def stored_event(conn: object, seq: int) -> int:
+def stored_event(conn: Connection, seq: int) -> int:
     return int(
-        conn.execute(  # type: ignore[attr-defined]
+        conn.execute(
             text(
                 "INSERT INTO events (cache, topic, topic_sequence_number, event_timestamp, "
                 "token_id, text, received_at, source, idempotency_key, epoch, arrival) "

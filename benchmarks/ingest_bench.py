@@ -226,7 +226,7 @@ def run_wrk(
     )
 
 
-async def _lane(
+async def keepalive_lane(
     port: int,
     todo: Iterator[tuple[int, bytes]],
     statuses: dict[int, int],
@@ -279,7 +279,7 @@ def run_python_client(port: int, bodies: list[tuple[str, bytes]], concurrency: i
 
     async def main() -> int:
         todo = iter(requests)
-        lanes = [_lane(port, todo, statuses, latencies) for _ in range(concurrency)]
+        lanes = [keepalive_lane(port, todo, statuses, latencies) for _ in range(concurrency)]
         return sum(await asyncio.gather(*lanes))
 
     with contextlib.suppress(ImportError):
@@ -457,12 +457,15 @@ def start(name: str, argv: list[str], env: dict[str, str], logs: Path) -> subpro
 
 
 def stop(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
+    """SIGTERM the process group; SIGKILL it if it hangs."""
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 

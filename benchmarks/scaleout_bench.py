@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import itertools
 import json
 import os
@@ -27,7 +25,6 @@ import random
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -40,8 +37,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.ingest_bench import (  # noqa: E402
+    WEBHOOK_PATH,
+    free_port,
+    keepalive_lane,
+    sign,
+    stop,
+)
+from benchmarks.ingest_bench import start as spawn  # noqa: E402
+
 CACHE = "scale"
-WEBHOOK_PATH = "/webhooks/momento"
 ROUTES = """
 [[routes]]
 name = "scale"
@@ -102,7 +107,7 @@ def make_deliveries(
                 },
                 separators=(",", ":"),
             ).encode()
-            sig = hmac.new(secret.encode(), body, hashlib.sha3_256).hexdigest()
+            sig = sign(body, secret)
             originals.append(
                 (
                     f"POST {WEBHOOK_PATH} HTTP/1.1\r\nhost: 127.0.0.1\r\n"
@@ -123,69 +128,21 @@ def make_deliveries(
     return out
 
 
-async def _lane(port: int, todo: list[bytes], statuses: list[int]) -> None:
-    """One keep-alive connection sending requests one after another (reconnects on errors)."""
-    streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-    while todo:
-        request = todo.pop()
-        try:
-            if streams is None:
-                streams = await asyncio.open_connection("127.0.0.1", port)
-            reader, writer = streams
-            writer.write(request)
-            status = int((await reader.readuntil(b"\r\n")).split(b" ", 2)[1])
-            length = 0
-            while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
-        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-            status, streams = 0, None
-        statuses.append(status)
-    if streams is not None:
-        streams[1].close()
-
-
 def send(port: int, requests: list[bytes], concurrency: int) -> list[int]:
-    """POST every request once over ``concurrency`` keep-alive connections; the status codes."""
-    todo = list(reversed(requests))  # lanes pop from the end: send in list order
-    statuses: list[int] = []
+    """POST every request once over ``concurrency`` keep-alive connections; the status codes
+    (0 where the connection failed)."""
+    todo = iter(enumerate(requests))  # the lanes share one iterator: sent in list order
+    statuses: dict[int, int] = {}
 
     async def main() -> None:
-        await asyncio.gather(*(_lane(port, todo, statuses) for _ in range(concurrency)))
+        lanes = (keepalive_lane(port, todo, statuses, []) for _ in range(concurrency))
+        await asyncio.gather(*lanes)
 
     asyncio.run(main())
-    return statuses
+    return [statuses.get(i, 0) for i in range(len(requests))]
 
 
 # -- processes -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def spawn(name: str, argv: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
-    log = (logs / f"{name}.log").open("wb")
-    return subprocess.Popen(
-        argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def stop(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
-    """SIGTERM the process group; SIGKILL it if it hangs."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.1) -> float:

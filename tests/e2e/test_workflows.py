@@ -107,7 +107,8 @@ def test_each_outbound_message_arrives_once_in_order_across_a_worker_sigkill(
         stack.workers(1, "-c", "2")  # the supervisor's restart
         received = subscriber.collect(len(texts), timeout_s=60, settle_s=2.0)
     ids = Counter(m["id"] for m in received)
-    assert len(ids) == len(texts), f"missing {len(texts) - len(ids)} messages"
+    missing = sorted({t.upper() for t in texts} - {m["text"] for m in received})
+    assert len(ids) == len(texts), f"missing {len(texts) - len(ids)} messages: {missing}"
     assert max(ids.values()) <= 2  # a crash between send and mark resends once, same id
     assert sum(ids.values()) - len(ids) <= 2  # at most one per task the victim had running
     first_seen = list(dict.fromkeys(m["text"] for m in received))

@@ -128,11 +128,17 @@ class Subscriber:
 
     sub: mc.ResilientSubscription
     messages: list[Received] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
 
     def collect(self, count: int, timeout_s: float, settle_s: float = 0.0) -> list[dict[str, Any]]:
-        """Wait for ``count`` messages (then ``settle_s`` more for extras); return the envelopes."""
+        """Wait for ``count`` distinct messages (then ``settle_s`` more for extras); return all
+        envelopes received, duplicates included.
+
+        Distinct by envelope id: a documented resend after a crash must not stand in for a
+        message still on its way (a killed worker's batch arrives only after its redelivery).
+        """
         end = time.monotonic() + timeout_s
-        while len(self.messages) < count and time.monotonic() < end:
+        while len(self.ids) < count and time.monotonic() < end:
             self._poll(0.2)
         settle_end = time.monotonic() + settle_s
         while time.monotonic() < settle_end:
@@ -143,6 +149,7 @@ class Subscriber:
         event = self.sub.poll(timeout_s)
         if isinstance(event, mc.Message):
             self.messages.append(Received(event, time.monotonic()))
+            self.ids.add(json.loads(str(event.value))["id"])
 
 
 @dataclass(frozen=True)

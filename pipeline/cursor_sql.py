@@ -38,6 +38,9 @@ from pipeline.models import (
 
 HISTORY = timedelta(minutes=5)
 """A new cursor starts with the topic's events of this long before it; replay runs older ones."""
+PEEK_AHEAD = 16
+"""A peek returns up to this many events after the cursor: a driver behind by several runs them
+without a peek each (fewer round trips per event the further behind it is)."""
 
 EVENT_COLUMNS = (
     Event.id,
@@ -63,6 +66,11 @@ def lock_id(key: Any) -> Any:
     return func.hashtextextended(key, 0)
 
 
+def _never_ran() -> Any:
+    """The route has no run of the event (not started, not finished)."""
+    return ~exists().where(WorkflowRun.route == _ROUTE, WorkflowRun.event_id == Event.id)
+
+
 def _late_ids(cursor: Any) -> Any:
     """The ids of ``_late_filter(cursor)``, as one array (NULL if none)."""
     return select(func.array_agg(Event.id)).where(_late_filter(cursor)).scalar_subquery()
@@ -75,14 +83,13 @@ def _late_filter(cursor: Any) -> Any:
         tuple_(Event.epoch, Event.topic_sequence_number, Event.id)
         <= tuple_(cursor.c.epoch, cursor.c.seq, cursor.c.event_id),
     )
-    never_ran = ~exists().where(WorkflowRun.route == _ROUTE, WorkflowRun.event_id == Event.id)
     return and_(
         Event.id.in_(bindparam("p_ids", expanding=True)),
         Event.cache == cursor.c.cache,
         Event.topic == cursor.c.topic,
         Event.received_at >= cursor.c.created_at - HISTORY,
         behind,
-        never_ran,
+        _never_ran(),
     )
 
 
@@ -99,7 +106,7 @@ def _peek_statement() -> Any:
             Event.received_at >= cursor.c.created_at - HISTORY,
         )
         .order_by(Event.epoch, Event.topic_sequence_number, Event.id)
-        .limit(1)
+        .limit(PEEK_AHEAD)
         .lateral("following")
     )
     # Whether the key's oldest pending row is due to send (rows behind it wait for it).
@@ -130,6 +137,7 @@ def _peek_statement() -> Any:
             and_(TopicCursorRow.cache == cursor.c.cache, TopicCursorRow.topic == cursor.c.topic),
         )
         .outerjoin(following, true())
+        .order_by(following.c.epoch, following.c.topic_sequence_number, following.c.id)
     )
 
 
@@ -154,6 +162,37 @@ def _move_statement(expect_inflight: bool) -> Update:
             released=RouteCursor.released + 1,
             updated_at=func.now(),
         )
+    )
+
+
+def _skipped_ids() -> Any:
+    """Events between the cursor's position before a move (``f_*``) and the event it moves to
+    (``m_*``) that never ran.
+
+    The cursor moves to the event a peek found next; one committed after that peek with a lower
+    number (a number the sequencer had declared lost, arriving after all) would be passed over
+    without running, so the statement moving the cursor returns those ids, to run late instead
+    of never. Almost always empty. The caller bounds the sequence numbers (``p_lo``..``p_hi``:
+    within one epoch, the two positions' numbers), as Postgres estimates row comparisons too
+    poorly to pick the index for them.
+    """
+    start: tuple[Any, ...] = (bindparam("f_epoch"), bindparam("f_seq"), bindparam("f_event_id"))
+    target: tuple[Any, ...] = (bindparam("m_epoch"), bindparam("m_seq"), bindparam("m_event_id"))
+    position = tuple_(Event.epoch, Event.topic_sequence_number, Event.id)
+    created = select(RouteCursor.created_at).where(_THIS).scalar_subquery()
+    return (
+        select(func.coalesce(func.array_agg(Event.id), cast(array([]), ARRAY(BigInteger))))
+        .where(
+            Event.cache == _CACHE,
+            Event.topic == _TOPIC,
+            Event.epoch.between(start[0], target[0]),
+            Event.topic_sequence_number.between(bindparam("p_lo"), bindparam("p_hi")),
+            position > tuple_(*start),
+            position < tuple_(*target),
+            Event.received_at >= created - HISTORY,
+            _never_ran(),
+        )
+        .scalar_subquery()
     )
 
 
@@ -189,6 +228,7 @@ PEEK_AND_MARK = PEEK.add_cte(MARK_SENT.returning(OutboxMessage.id).cte("marked")
 """PEEK that also marks rows sent (a driver's previous event's): one round trip, not two. Its
 ``pending`` column still sees those rows as pending; the driver ignores it inside its loop."""
 MOVE = {expect: _move_statement(expect) for expect in (False, True)}
+SKIPPED = _skipped_ids()
 LATE = _late_statement()
 ENSURE = pg_insert(RouteCursor).values(route=_ROUTE, cache=_CACHE, topic=_TOPIC)
 ENSURE = ENSURE.on_conflict_do_nothing()
@@ -210,4 +250,5 @@ HOLD = (
         updated_at=func.now(),
     )
 )
+POSITION = select(RouteCursor.epoch, RouteCursor.seq, RouteCursor.event_id).where(_THIS)
 LOAD = select(*EVENT_COLUMNS).where(Event.id == bindparam("p_event_id"))

@@ -31,6 +31,7 @@ from pipeline.cursor_sql import (
     MOVE,
     PEEK,
     PEEK_AND_MARK,
+    POSITION,
 )
 from pipeline.topic_cursor import TopicCursor
 
@@ -59,7 +60,7 @@ def releasable(state: TopicCursor | None, epoch: int, seq: int) -> bool:
 
 @dataclass(frozen=True)
 class Peek:
-    """A route cursor and what it may run next: ``event`` (a Row of events) or None."""
+    """A route cursor and what it may run next: ``events``, in order (none if none may run)."""
 
     epoch: int
     seq: int
@@ -69,7 +70,7 @@ class Peek:
     attempts: int
     retry_at: datetime | None
     now: datetime
-    event: Any | None
+    events: tuple[EventRow, ...]
     pending: bool = False
     late: tuple[int, ...] = ()
 
@@ -107,23 +108,27 @@ def peek(
     late_of: Sequence[int] = (),
     mark_sent: Sequence[int] = (),
 ) -> Peek | None:
-    """In one query: the cursor, the event after it if the sequencer releases it yet, whether
-    the topic has outbox rows pending, and which of ``late_of`` came too late to run in order.
-    None if the cursor does not exist yet. Outbox rows ``mark_sent`` are marked sent on the way
-    (``pending`` does not see that yet)."""
+    """In one query: the cursor, the events after it that the sequencer releases (up to
+    PEEK_AHEAD), whether the topic has outbox rows pending, and which of ``late_of`` came too
+    late to run in order. None if the cursor does not exist yet. Outbox rows ``mark_sent`` are
+    marked sent on the way (``pending`` does not see that yet)."""
     key = f"{route}\x1f{cache}\x1f{topic}"
     params = _here(route, cache, topic) | {"p_key": key, "p_ids": list(late_of)}
     if mark_sent:
-        row = conn.execute(PEEK_AND_MARK, params | {"p_sent": list(mark_sent)}).first()
+        rows = conn.execute(PEEK_AND_MARK, params | {"p_sent": list(mark_sent)}).all()
     else:
-        row = conn.execute(PEEK, params).first()
-    if row is None:
+        rows = conn.execute(PEEK, params).all()
+    if not rows:
         return None
-    event = None
+    row = rows[0]
+    events: list[EventRow] = []
     if row.e_id is not None:
         state = TopicCursor.from_json(row.state) if row.state is not None else None
-        if releasable(state, row.e_epoch, row.e_topic_sequence_number):
-            event = EventRow(*(getattr(row, f"e_{column.name}") for column in EVENT_COLUMNS))
+        for following in rows:  # in order; the first one held back holds back the rest
+            if not releasable(state, following.e_epoch, following.e_topic_sequence_number):
+                break
+            values = (getattr(following, f"e_{column.name}") for column in EVENT_COLUMNS)
+            events.append(EventRow(*values))
     return Peek(
         row.epoch,
         row.seq,
@@ -133,24 +138,51 @@ def peek(
         row.attempts,
         row.retry_at,
         row.now,
-        event,
+        tuple(events),
         bool(row.pending),
         tuple(row.late or ()),
     )
 
 
-def move_cursor(route: str, event: Any, *, expect_inflight: bool) -> tuple[Update, dict[str, Any]]:
-    """The statement (and its parameters) moving the cursor past ``event`` (done or given up).
+Position = tuple[int, int, int]
+"""Where a cursor stands: (epoch, sequence number, event id) of the last event it passed."""
+
+
+@dataclass(frozen=True)
+class Move:
+    """A cursor move: its statement, parameters, and whether to look for events it passes over
+    (``SKIPPED``); no event can lie between neighbouring numbers of one epoch."""
+
+    statement: Update
+    params: dict[str, Any]
+    check_skipped: bool
+
+
+def move_cursor(route: str, event: Any, *, expect_inflight: bool, since: Position) -> Move:
+    """The move of the cursor from ``since`` past ``event`` (done or given up).
 
     The cursor only moves forward, and with ``expect_inflight`` (a canvas finished) only if that
     event is in flight, so a late duplicate callback changes nothing.
     """
+    epoch, seq = event.epoch, event.topic_sequence_number
+    same_epoch = since[0] == epoch
     params = _here(route, event.cache, event.topic) | {
-        "m_epoch": event.epoch,
-        "m_seq": event.topic_sequence_number,
+        "m_epoch": epoch,
+        "m_seq": seq,
         "m_event_id": event.id,
+        "f_epoch": since[0],
+        "f_seq": since[1],
+        "f_event_id": since[2],
+        "p_lo": since[1] if same_epoch else 0,
+        "p_hi": seq if same_epoch else 2**63 - 1,
     }
-    return MOVE[expect_inflight], params
+    return Move(MOVE[expect_inflight], params, not (same_epoch and seq == since[1] + 1))
+
+
+def position(conn: Connection, route: str, cache: str, topic: str) -> Position:
+    """Where the route's cursor of a topic stands now ((0, 0, 0) if it has none)."""
+    row = conn.execute(POSITION, _here(route, cache, topic)).first()
+    return (row.epoch, row.seq, row.event_id) if row is not None else (0, 0, 0)
 
 
 def mark_inflight(conn: Connection, route: str, event: Any) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
@@ -28,12 +28,15 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    true,
     union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from pipeline.cursor_sql import MARK_SENT, SKIPPED
 from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus, WorkflowRun
+from pipeline.ordering import Move
 from pipeline.routes import Route
 from pipeline.templates import render
 from pipeline.workflows import Output
@@ -137,24 +140,46 @@ def commit_result(
     key: str | None,
     revive: bool = False,
     run_status: str = "done",
-    move: tuple[Update, dict[str, Any]] | None = None,
-) -> Sequence[Any]:
+    move: Move | None = None,
+    mark_sent: Sequence[int] = (),
+) -> Committed:
     """Write the rows, record the run and apply ``move`` (a cursor move) in ONE statement.
 
-    Returns the rows now pending to send, oldest first: the ordering key's (earlier leftovers
-    included) for an ordered route, else the event's.
+    ``mark_sent``: outbox rows (sent by the caller, who holds their key) to mark sent on the
+    way; ``pending`` still lists them, as it sees the rows as they were.
     """
-    statement = _commit_statement(len(rows), revive, move[0] if move else None, key is not None)
+    check = move is not None and move.check_skipped
+    statement = move.statement if move else None
+    shape = (len(rows), revive, statement, check, key is not None, bool(mark_sent))
     params: dict[str, Any] = {"p_route": route, "p_event_id": event_id, "p_run_status": run_status}
     params["p_key"] = key
-    params |= move[1] if move else {}
+    params |= move.params if move else {}
+    if mark_sent:
+        params["p_sent"] = list(mark_sent)
     for i, row in enumerate(rows):
         params |= {f"r{i}_{name}": row[name] for name in ROW_COLUMNS}
-    return conn.execute(statement, params).all()
+    result = conn.execute(_commit_statement(*shape), params).all()
+    if not check:
+        return Committed(list(result), [])
+    # Checking for skipped events, the statement returns one row at least: their ids, and the
+    # pending rows.
+    return Committed([row for row in result if row.id is not None], list(result[0].skipped))
+
+
+class Committed(NamedTuple):
+    """What ``commit_result`` did: rows now to send, and events a cursor move passed over."""
+
+    pending: list[Any]
+    """Rows pending to send, oldest first: the ordering key's (earlier leftovers included) for
+    an ordered route, else the event's."""
+    skipped: list[int]
+    """Events between the cursor and the event it moved to that never ran (``SKIPPED``)."""
 
 
 @lru_cache(maxsize=64)
-def _commit_statement(n_rows: int, revive: bool, move: Update | None, keyed: bool) -> Any:
+def _commit_statement(
+    n_rows: int, revive: bool, move: Update | None, check_skipped: bool, keyed: bool, marks: bool
+) -> Any:
     """The statement of ``commit_result`` for one shape, built once (with bound parameters)."""
     route: Any = bindparam("p_route")
     event_id: Any = bindparam("p_event_id")
@@ -169,6 +194,8 @@ def _commit_statement(n_rows: int, revive: bool, move: Update | None, keyed: boo
         .cte("run")
     )
     ctes = [run] if move is None else [run, move.returning(literal(1)).cte("moved")]
+    if marks:
+        ctes.append(MARK_SENT.returning(OutboxMessage.id).cte("marked"))
     mine = (
         OutboxMessage.ordering_key == bindparam("p_key")
         if keyed
@@ -196,7 +223,15 @@ def _commit_statement(n_rows: int, revive: bool, move: Update | None, keyed: boo
         new = stmt.returning(*SEND_COLUMNS).cte("new")
         queries.append(select(*new.c, literal(True).label("due")))
     both = union_all(*queries).subquery("pending")
-    return select(*both.c).order_by(both.c.id).add_cte(*ctes)
+    if not check_skipped:
+        return select(*both.c).order_by(both.c.id).add_cte(*ctes)
+    skipped = select(SKIPPED.label("skipped")).subquery("skipped")
+    return (
+        select(skipped.c.skipped, *both.c)
+        .select_from(skipped.outerjoin(both, true()))
+        .order_by(both.c.id)
+        .add_cte(*ctes)
+    )
 
 
 def _typed(name: str, type_: Any) -> Any:

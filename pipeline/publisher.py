@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
@@ -108,17 +108,22 @@ class Publisher:
     # -- ordered rows: the caller holds the topic's lock ----------------------------------------
 
     def send_locked(
-        self, conn: Connection, rows: Sequence[Any], unmarked: list[int] | None = None
+        self,
+        conn: Connection,
+        rows: Sequence[Any],
+        unmarked: list[int] | None = None,
+        sent: Collection[int] = (),
     ) -> SendReport:
         """Send an ordering key's pending rows in id order; stop at one that must wait.
 
         The caller holds the key's advisory lock, so the rows are its alone; ``conn`` is in
         autocommit, so each row is marked the moment it is sent, unless ``unmarked`` is given:
         then sent rows' ids are added to it (and rows already in it skipped), for the caller to
-        mark with ``mark_sent`` before it lets the lock go.
+        mark before it lets the lock go. Rows in ``sent`` were sent already (the statement that
+        listed them as pending also marked them).
         """
         report = SendReport()
-        skip = set(unmarked or ())
+        skip = set(unmarked or ()) | set(sent)
         for row in rows:
             if row.id in skip:
                 continue

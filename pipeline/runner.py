@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine
 from pipeline import ordering
 from pipeline.config import Settings
 from pipeline.outbox import (
+    Committed,
     commit_result,
     dead_letter,
     ordering_key,
@@ -92,8 +93,8 @@ class WorkflowRunner:
                 self.fail(route_name, event_id, result.error, mode=mode)
                 return "dead"
             with conn.begin():
-                pending = self._commit(conn, route, row, result.rows, mode=mode)
-        self._sent(self.publisher.send_rows(pending))
+                committed = self._commit(conn, route, row, result.rows, mode=mode)
+        self._sent(self.publisher.send_rows(committed.pending))
         return "done"
 
     def attempt(self, route: Route, row: Any) -> Attempt:
@@ -130,11 +131,12 @@ class WorkflowRunner:
                 conn.rollback()
                 self.fail(route_name, event_id, f"bad workflow result: {exc}", mode=mode)
                 return
-            pending = self._commit(conn, route, row, rows, mode=mode, inflight=True)
+            committed = self._commit(conn, route, row, rows, mode=mode, inflight=True)
+            dispatch_late(self.app, conn, route_name, committed.skipped)
         if mode == "ordered":
             self.drive_topic(route, row.cache, row.topic)  # sends the rows, then runs the next
         else:
-            self._sent(self.publisher.send_rows(pending))
+            self._sent(self.publisher.send_rows(committed.pending))
 
     def fail(
         self, route_name: str, event_id: int, reason: str, *, mode: Mode, inline: bool = False
@@ -157,8 +159,14 @@ class WorkflowRunner:
             dead_letter(conn, "workflow", reason, payload)
             move = None
             if mode == "ordered" and row is not None:
-                move = ordering.move_cursor(route_name, row, expect_inflight=not inline)
-            commit_result(conn, route_name, event_id, [], key=None, run_status="failed", move=move)
+                since = ordering.position(conn, route_name, row.cache, row.topic)
+                move = ordering.move_cursor(
+                    route_name, row, expect_inflight=not inline, since=since
+                )
+            skipped = commit_result(
+                conn, route_name, event_id, [], key=None, run_status="failed", move=move
+            ).skipped
+            dispatch_late(self.app, conn, route_name, skipped)
         logger.warning("workflow dead route=%s event=%d reason=%s", route_name, event_id, reason)
         if not inline and mode == "ordered" and row is not None:
             self.drive_topic(route, row.cache, row.topic)
@@ -172,15 +180,27 @@ class WorkflowRunner:
         *,
         mode: Mode,
         inflight: bool = False,
-    ) -> Any:
+        mark_sent: Sequence[int] = (),
+        since: ordering.Position | None = None,
+    ) -> Committed:
+        """Commit a run's result (``since``: where an ordered cursor stands, if known)."""
         move = None
         if mode == "ordered":
-            move = ordering.move_cursor(route.name, row, expect_inflight=inflight)
+            if since is None:
+                since = ordering.position(conn, route.name, row.cache, row.topic)
+            move = ordering.move_cursor(route.name, row, expect_inflight=inflight, since=since)
         elif mode == "replay":
             resolve_dead_letters(conn, route.name, row.id)
         key = ordering_key(route, row.cache, row.topic) if mode == "ordered" else None
         return commit_result(
-            conn, route.name, row.id, rows, key=key, revive=mode == "replay", move=move
+            conn,
+            route.name,
+            row.id,
+            rows,
+            key=key,
+            revive=mode == "replay",
+            move=move,
+            mark_sent=mark_sent,
         )
 
     def _sent(self, report: SendReport) -> None:
@@ -231,8 +251,8 @@ class WorkflowRunner:
                 if time.monotonic() >= deadline:  # a long stream: go on in a fresh task
                     self.app.send_task("tasks.workflows.advance", args=(route.name, cache, topic))
                     return ran
-                row, at = self._next(conn, route, cache, topic)
-                if row is None and not at.pending:
+                rows, at = self._next(conn, route, cache, topic)
+                if not rows and not at.pending:
                     return ran
 
     def _next(
@@ -243,9 +263,10 @@ class WorkflowRunner:
         topic: str,
         late_of: Sequence[int] = (),
         mark_sent: Sequence[int] = (),
-    ) -> tuple[Any | None, ordering.Peek]:
-        """The event to run now (a stalled canvas's, to restart; None if none may run), and the
-        cursor it was found at. ``mark_sent``: outbox rows to mark sent in the same statement."""
+    ) -> tuple[Sequence[Any], ordering.Peek]:
+        """The events to run now, in order (a stalled canvas's alone, to restart; none if none
+        may run), and the cursor they were found at. ``mark_sent``: outbox rows to mark sent in
+        the same statement."""
         at = ordering.peek(conn, route.name, cache, topic, late_of, mark_sent)
         if at is None:
             ordering.ensure_cursor(conn, route.name, cache, topic)
@@ -254,12 +275,13 @@ class WorkflowRunner:
         if at.inflight_event_id is not None:
             since = at.inflight_since or at.now
             if (at.now - since).total_seconds() < self.settings.pipeline_workflow_stall_s:
-                return None, at
+                return (), at
             logger.warning("canvas stalled route=%s event=%d", route.name, at.inflight_event_id)
-            return ordering.load_event(conn, at.inflight_event_id), at
+            stalled = ordering.load_event(conn, at.inflight_event_id)
+            return ((stalled,) if stalled is not None else ()), at
         if at.retry_at is not None and at.retry_at > at.now:
-            return None, at
-        return at.event, at
+            return (), at
+        return at.events, at
 
     def _drive_locked(
         self,
@@ -271,34 +293,63 @@ class WorkflowRunner:
         deadline: float,
         unmarked: list[int],
     ) -> int:
-        """Run released events under the lock; rows sent and not yet marked go to ``unmarked``."""
+        """Run released events under the lock; rows sent and not yet marked go to ``unmarked``.
+
+        Each peek brings the next few released events; each run's commit marks the previous
+        run's rows sent, so at most one event's rows are ever sent and not marked.
+        """
         ran = 0
         is_task = resolve_workflow(route.workflow).is_task
-        row, at = self._next(conn, route, cache, topic, new_ids)
+        rows, at = self._next(conn, route, cache, topic, new_ids)
         dispatch_late(self.app, conn, route.name, at.late)
         if at.pending:  # leftovers: a crash, a late run or a replay left rows to send first
             self._sent(self.publisher.flush_key(conn, f"{route.name}\x1f{cache}\x1f{topic}"))
-        while row is not None:
-            if not is_task:
-                ordering.mark_inflight(conn, route.name, row)
-                self.start_canvas(route, row, mode="ordered")
-                return ran
-            result = self.attempt(route, row)
-            if result.error is None:
-                pending = self._commit(conn, route, row, result.rows, mode="ordered")
-                self._sent(self.publisher.send_locked(conn, pending, unmarked))
-            elif result.retry and at.attempts + 1 < self.settings.pipeline_workflow_max_attempts:
-                delay_s = backoff_s(at.attempts + 1)
-                ordering.hold_for_retry(conn, route.name, row, delay_s)
-                self.app.send_task(
-                    "tasks.workflows.advance", args=(route.name, cache, topic), countdown=delay_s
-                )
-                return ran
-            else:
-                self.fail(route.name, row.id, result.error or "", mode="ordered", inline=True)
-            ran += 1
-            if time.monotonic() >= deadline:
-                return ran
-            row, at = self._next(conn, route, cache, topic, mark_sent=unmarked)
+        while rows:
+            attempts = at.attempts  # the first event's; a moved cursor starts the next at 0
+            since: ordering.Position = (at.epoch, at.seq, at.event_id)
+            for row in rows:
+                if not self._step(conn, route, row, since, attempts, unmarked, is_task):
+                    return ran
+                ran += 1
+                attempts = 0
+                since = (row.epoch, row.topic_sequence_number, row.id)
+                if time.monotonic() >= deadline:
+                    return ran
+            rows, at = self._next(conn, route, cache, topic, mark_sent=unmarked)
             unmarked.clear()
         return ran
+
+    def _step(
+        self,
+        conn: Connection,
+        route: Route,
+        row: Any,
+        since: ordering.Position,
+        attempts: int,
+        unmarked: list[int],
+        is_task: bool,
+    ) -> bool:
+        """Run the topic's next event under the lock: False if the topic must wait now (its
+        canvas started, or it failed and is held for a retry)."""
+        if not is_task:
+            ordering.mark_inflight(conn, route.name, row)
+            self.start_canvas(route, row, mode="ordered")
+            return False
+        result = self.attempt(route, row)
+        if result.error is None:
+            committed = self._commit(
+                conn, route, row, result.rows, mode="ordered", mark_sent=unmarked, since=since
+            )
+            marked = set(unmarked)
+            unmarked.clear()
+            dispatch_late(self.app, conn, route.name, committed.skipped)
+            self._sent(self.publisher.send_locked(conn, committed.pending, unmarked, marked))
+        elif result.retry and attempts + 1 < self.settings.pipeline_workflow_max_attempts:
+            delay_s = backoff_s(attempts + 1)
+            ordering.hold_for_retry(conn, route.name, row, delay_s)
+            args = (route.name, row.cache, row.topic)
+            self.app.send_task("tasks.workflows.advance", args=args, countdown=delay_s)
+            return False
+        else:
+            self.fail(route.name, row.id, result.error or "", mode="ordered", inline=True)
+        return True

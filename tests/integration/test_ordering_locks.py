@@ -1,13 +1,19 @@
-"""An ordered topic's driver lock, and the late events an ingest task must run when it is busy."""
+"""An ordered topic's driver lock, the late events an ingest task must run when it is busy, and
+what a driver's peek and cursor moves see."""
 
 from __future__ import annotations
+
+import json
 
 from sqlalchemy import Connection, text
 
 from pipeline import ordering
 from pipeline.config import Settings
 from pipeline.db import get_engine
+from pipeline.outbox import commit_result
 from pipeline.publisher import try_lock, unlock
+from pipeline.sequencing import Delivery, SequencePolicy, advance
+from pipeline.topic_cursor import TopicCursor
 
 
 def stored_event(conn: Connection, seq: int) -> int:
@@ -42,3 +48,55 @@ def test_a_busy_topic_reports_which_new_events_came_too_late(db: Settings) -> No
         assert ordering.lock_or_late(other, "r", "c", "t", [behind, ahead]) == (True, [])
         assert not try_lock(holder, key)  # the second call took the lock
         unlock(other, key)
+
+
+def sequenced(conn: Connection, *seqs: int) -> None:
+    """Record the topic's sequencing state as if ``seqs`` had arrived (gaps still open)."""
+    deliveries = [Delivery(i, seq, 500 + i, 500 + i) for i, seq in enumerate(seqs)]
+    state, _ = advance(TopicCursor(), deliveries, 1_000, SequencePolicy(reorder_window_ms=60_000))
+    conn.execute(
+        text(
+            "INSERT INTO topic_cursors (cache, topic, state) VALUES ('c', 't', CAST(:s AS jsonb))"
+        ),
+        {"s": json.dumps(state.to_json())},
+    )
+
+
+def test_a_peek_returns_the_released_events_after_the_cursor_in_order(db: Settings) -> None:
+    engine = get_engine(db)
+    with engine.begin() as conn:
+        ids = {seq: stored_event(conn, seq) for seq in (4, 1, 3, 2, 6)}  # 5 is still missing
+        sequenced(conn, 1, 2, 3, 4, 6)
+        ordering.ensure_cursor(conn, "r", "c", "t")
+        conn.execute(
+            text("UPDATE route_cursors SET epoch = 1, seq = 1, event_id = :id"), {"id": ids[1]}
+        )
+        at = ordering.peek(conn, "r", "c", "t")
+    assert at is not None
+    assert [event.id for event in at.events] == [ids[2], ids[3], ids[4]]  # 6 waits for 5
+
+
+def test_a_cursor_move_reports_the_events_it_passes_over_without_running_them(
+    db: Settings,
+) -> None:
+    engine = get_engine(db)
+    with engine.begin() as conn:
+        first, skipped, ran, target = (stored_event(conn, seq) for seq in (1, 2, 3, 4))
+        ordering.ensure_cursor(conn, "r", "c", "t")
+        conn.execute(
+            text("UPDATE route_cursors SET epoch = 1, seq = 1, event_id = :id"), {"id": first}
+        )
+        conn.execute(
+            text("INSERT INTO workflow_runs (route, event_id, status) VALUES ('r', :id, 'done')"),
+            {"id": ran},
+        )
+        event = ordering.load_event(conn, target)
+        since = ordering.position(conn, "r", "c", "t")
+        move = ordering.move_cursor("r", event, expect_inflight=False, since=since)
+        committed = commit_result(conn, "r", target, [], key="r\x1fc\x1ft", move=move)
+        cursor = conn.execute(text("SELECT seq, event_id FROM route_cursors")).one()
+    # Number 2 came after the peek that found 4 (it was declared lost, then arrived after all):
+    # it runs late instead of never. Number 3 ran already (a late run or a replay).
+    assert committed.skipped == [skipped]
+    assert committed.pending == []
+    assert tuple(cursor) == (4, target)

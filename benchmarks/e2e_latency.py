@@ -171,6 +171,7 @@ def percentile(values: list[float], q: float) -> float:
 @click.option("--warmup-s", default=3.0, show_default=True, help="Publishing before measuring.")
 @click.option("--workers", default=1, show_default=True, help="`pipeline worker` processes.")
 @click.option("--concurrency", default=2, show_default=True, help="Pool size per worker.")
+@click.option("--pool", default="prefork", show_default=True, help="Celery pool of the workers.")
 @click.option("--unordered", is_flag=True, help="Route without ordered = true.")
 @click.option("-v", "--verbose", is_flag=True, help="Show the children's output.")
 def main(
@@ -179,6 +180,7 @@ def main(
     warmup_s: float,
     workers: int,
     concurrency: int,
+    pool: str,
     unordered: bool,
     verbose: bool,
 ) -> None:
@@ -214,6 +216,8 @@ def main(
                     "worker",
                     "-c",
                     str(concurrency),
+                    "-P",
+                    pool,
                     "-n",
                     f"bench{n}@%h",
                     "-l",

@@ -9,7 +9,9 @@ The wait adapts to the workers: a Redis ``LPUSH`` answers with the queue's lengt
 batches are waiting there (the workers are behind), a new batch would wait anyway, so it
 collects for longer (``wait_s`` times the waiting batches plus one, at most ``max_wait_s``).
 Bigger batches cost the workers less per event, so they catch up instead of falling further
-behind; with an empty queue the wait is ``wait_s`` again.
+behind; with an empty queue the wait is ``wait_s`` again. A batch also waits until ``interval_s``
+after the previous one was sent: below ``1 / interval_s`` batches/s that changes nothing, above
+it requests share batches instead of each paying a worker's per-batch cost.
 
 Memory is bounded: at most ``max_pending`` events wait at once; past that a request is refused
 (503) at once rather than queued behind a broker that is not keeping up.
@@ -107,6 +109,7 @@ class GroupCommitter:
         max_batch: int = 500,
         wait_s: float = 0.002,
         max_wait_s: float = 0.02,
+        interval_s: float = 0.0,
         max_pending: int = 20000,
         timeout_s: float = 3.0,
         max_concurrent_sends: int = 4,
@@ -120,6 +123,8 @@ class GroupCommitter:
         self.max_batch = max_batch
         self.wait_s = wait_s
         self.max_wait_s = max(wait_s, max_wait_s)
+        self.interval_s = interval_s
+        self._last_flush = -1e9  # perf_counter() of the last batch sent
         self._waiting = 0  # batches in the broker's queue after the last send, besides that one
         self.max_pending = max_pending
         self.timeout_s = timeout_s
@@ -183,8 +188,11 @@ class GroupCommitter:
             metrics.IN_FLIGHT.dec()
 
     def current_wait_s(self) -> float:
-        """How long the next batch collects: longer while batches wait in the broker."""
-        wait_s = min(self.max_wait_s, self.wait_s * (1 + self._waiting))
+        """How long the next batch collects: longer while batches wait in the broker, and at
+        least until ``interval_s`` after the previous batch was sent."""
+        backlog_s = self.wait_s * (1 + self._waiting)
+        spacing_s = self._last_flush + self.interval_s - time.perf_counter()
+        wait_s = min(self.max_wait_s, max(backlog_s, spacing_s))
         metrics.BATCH_WAIT.set(wait_s)
         return wait_s
 
@@ -210,6 +218,7 @@ class GroupCommitter:
             wait_s = self.current_wait_s()
             if wait_s and len(self._queue) < self.max_batch and not self._closing:
                 await asyncio.sleep(wait_s)
+            self._last_flush = time.perf_counter()
             while self._queue:
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
                 await self._slots.acquire()

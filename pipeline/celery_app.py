@@ -113,8 +113,11 @@ def build_config(settings: Settings) -> dict[str, Any]:
 
 def create_app() -> Celery:
     """The Celery app, configured lazily from Settings."""
+    from pipeline.ingest_ledger import ResendStranded
+
     celery = Celery("pipeline", include=list(TASK_MODULES))
     celery.add_defaults(lambda: build_config(get_settings()))
+    celery.steps["consumer"].add(ResendStranded)
     return celery
 
 

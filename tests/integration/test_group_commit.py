@@ -13,7 +13,7 @@ from pipeline.batcher import GroupCommitter, RedisPush
 
 async def send_spaced(url: str, key: str, count: int, max_wait_s: float) -> None:
     """Submit ``count`` items 3 ms apart (nobody consumes the queue, so it only grows)."""
-    push = RedisPush(url, key, encode=lambda items: json.dumps(list(items)).encode())
+    push = RedisPush(url, key, encode=lambda items: ("id", json.dumps(list(items)).encode()))
     committer = GroupCommitter(push, wait_s=0.002, max_wait_s=max_wait_s)
     await committer.start()
     requests = []

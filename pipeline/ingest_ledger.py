@@ -1,0 +1,133 @@
+"""The ingest ledger: every batch the receiver pushes to a Redis broker, kept until it is stored.
+
+Kombu's Redis transport takes a message with ``BRPOP`` and records it as unacknowledged only
+afterwards, in the worker; a worker killed in between loses the message, although its events
+were answered 204. So the receiver writes each batch twice in one ``MULTI``: onto the ingest
+queue, and into this ledger (a hash of messages by task id, and a sorted set of when each was
+pushed). The ingest task removes its batch once the batch is committed. Any worker serving the
+ingest queue looks every few seconds for batches still in the ledger after the visibility
+timeout (lost, or still waiting or running after that long) and pushes them onto the queue again.
+A batch that arrives twice is harmless: the ingest task claims batches by task id, so the second
+copy stores nothing and only hands its events over again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, ClassVar
+
+import redis
+from celery import bootsteps
+
+logger = logging.getLogger(__name__)
+
+MESSAGES = "pipeline:ingest:ledger"
+"""Hash: task id → the broker message as pushed."""
+PUSHED_AT = "pipeline:ingest:ledger:pushed"
+"""Sorted set: task id → when it was (last) pushed, in ms since the epoch."""
+
+
+def record(pipe: Any, task_id: str, message: bytes, now_ms: int) -> None:
+    """Add a pushed batch to the ledger (commands queued on the receiver's MULTI pipeline)."""
+    pipe.hset(MESSAGES, task_id, message)
+    pipe.zadd(PUSHED_AT, {task_id: now_ms})
+
+
+def settle(client: redis.Redis, task_id: str) -> None:
+    """Drop a stored batch from the ledger (called by the ingest task after its commit)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hdel(MESSAGES, task_id)
+    pipe.zrem(PUSHED_AT, task_id)
+    pipe.execute()
+
+
+_clients: dict[str, redis.Redis] = {}
+
+
+def settle_stored(broker: str, task_id: str) -> None:
+    """``settle`` through this process's client for a Redis ``broker`` (nothing for others).
+
+    A failure is logged, not raised: the batch is stored, and pushing it again later would
+    store nothing.
+    """
+    if not broker.startswith(("redis://", "rediss://")):
+        return
+    client = _clients.get(broker)
+    if client is None:
+        client = _clients[broker] = redis.Redis.from_url(broker, socket_timeout=5)
+    try:
+        settle(client, task_id)
+    except redis.RedisError as exc:
+        logger.warning("ingest ledger not updated task=%s error=%r", task_id, exc)
+
+
+def resend_stranded(client: redis.Redis, queue: str, older_than_s: float) -> int:
+    """Push batches in the ledger longer than ``older_than_s`` onto ``queue`` again.
+
+    Each is pushed at most once per ``older_than_s``: its time in the ledger starts over.
+    Returns how many were pushed.
+    """
+    now_ms = int(time.time() * 1000)
+    due = client.zrangebyscore(PUSHED_AT, "-inf", now_ms - older_than_s * 1000)
+    resent = 0
+    for task_id in due:
+        task_id = task_id.decode() if isinstance(task_id, bytes) else str(task_id)
+        message = client.hget(MESSAGES, task_id)
+        if message is None:  # stored meanwhile
+            client.zrem(PUSHED_AT, task_id)
+            continue
+        pipe = client.pipeline(transaction=True)
+        pipe.rpush(queue, message)  # the consuming end: it goes first
+        pipe.zadd(PUSHED_AT, {task_id: now_ms})
+        pipe.execute()
+        resent += 1
+    if resent:
+        logger.warning("ingest batches pushed again after %.0f s count=%d", older_than_s, resent)
+    return resent
+
+
+class ResendStranded(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Worker consumer step: every few seconds, ``resend_stranded`` on the ingest queue.
+
+    Runs only in workers that consume the ingest queue from a Redis broker. Any number may run
+    at once: a batch resent twice is stored once.
+    """
+
+    requires: ClassVar[set[str]] = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.tref: Any = None
+        self.client: redis.Redis | None = None
+
+    def start(self, c: Any) -> None:
+        from pipeline.batcher import INGEST_QUEUE
+        from pipeline.celery_app import broker_url
+        from pipeline.config import get_settings
+
+        settings = get_settings()
+        url = broker_url(settings)
+        queues = {queue.name for queue in c.task_consumer.queues} if c.task_consumer else set()
+        if not url.startswith(("redis://", "rediss://")) or INGEST_QUEUE not in queues:
+            return
+        self.client = redis.Redis.from_url(url, socket_timeout=5)
+        older_than_s = float(settings.pipeline_visibility_timeout_s)
+        period_s = max(1.0, min(60.0, older_than_s / 2))
+
+        def resend() -> None:
+            assert self.client is not None
+            try:
+                resend_stranded(self.client, INGEST_QUEUE, older_than_s)
+            except redis.RedisError as exc:  # the broker is down: the next look tries again
+                logger.warning("ingest ledger check failed error=%r", exc)
+
+        self.tref = c.timer.call_repeatedly(period_s, resend, priority=10)
+
+    def stop(self, c: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+        if self.client is not None:
+            self.client.close()
+            self.client = None

@@ -353,6 +353,6 @@ def default_sender(settings: Settings) -> SendBatch | AsyncSender:
     """A direct LPUSH for Redis brokers, Celery's producer for any other."""
     from pipeline.celery_app import broker_url
 
-    if broker_url(settings).startswith(("redis://", "rediss://")):
+    if ingest_ledger.applies_to(broker_url(settings)):
         return redis_sender(settings)
     return celery_sender(settings)

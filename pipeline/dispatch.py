@@ -30,7 +30,7 @@ from pipeline.errors import MalformedBody
 from pipeline.events import parse_webhook, webhook_key
 from pipeline.ingest import StoreResult
 from pipeline.models import Event, RouteCursor, TopicCursorRow, WorkflowRun
-from pipeline.ordering import late_events
+from pipeline.ordering import late_events, topic_key
 from pipeline.publisher import try_lock, unlock
 from pipeline.routes import Route, RouteTable, routes_for
 from pipeline.runner import INLINE_BUDGET_S
@@ -155,7 +155,7 @@ def nudge(
     its loop or in the look it takes after letting the lock go, so no task is needed; only the
     events it already passed (late ones) are handed over here. Returns tasks sent.
     """
-    key = f"{route.name}\x1f{cache}\x1f{topic}"
+    key = topic_key(route.name, cache, topic)
     if try_lock(conn, key):
         unlock(conn, key)
         app.send_task("tasks.workflows.advance", args=(route.name, cache, topic, ids))

@@ -28,6 +28,12 @@ PUSHED_AT = "pipeline:ingest:ledger:pushed"
 """Sorted set: task id → when it was (last) pushed, in ms since the epoch."""
 
 
+def applies_to(broker: str) -> bool:
+    """Whether batches sent to ``broker`` go through the ledger: Redis brokers, which the
+    receiver pushes to itself (``pipeline.batcher.redis_sender``)."""
+    return broker.startswith(("redis://", "rediss://"))
+
+
 def record(pipe: Any, task_id: str, message: bytes, now_ms: int) -> None:
     """Add a pushed batch to the ledger (commands queued on the receiver's MULTI pipeline)."""
     pipe.hset(MESSAGES, task_id, message)
@@ -51,7 +57,7 @@ def settle_stored(broker: str, task_id: str) -> None:
     A failure is logged, not raised: the batch is stored, and pushing it again later would
     store nothing.
     """
-    if not broker.startswith(("redis://", "rediss://")):
+    if not applies_to(broker):
         return
     client = _clients.get(broker)
     if client is None:
@@ -109,7 +115,7 @@ class ResendStranded(bootsteps.StartStopStep):  # type: ignore[misc]
         settings = get_settings()
         url = broker_url(settings)
         queues = {queue.name for queue in c.task_consumer.queues} if c.task_consumer else set()
-        if not url.startswith(("redis://", "rediss://")) or INGEST_QUEUE not in queues:
+        if not applies_to(url) or INGEST_QUEUE not in queues:
             return
         self.client = redis.Redis.from_url(url, socket_timeout=5)
         older_than_s = float(settings.pipeline_visibility_timeout_s)

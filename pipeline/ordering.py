@@ -91,6 +91,11 @@ class EventRow:
     received_at: datetime
 
 
+def topic_key(route: str, cache: str, topic: str) -> str:
+    """A route's topic as one string: its advisory lock's key and its outbox ordering key."""
+    return f"{route}\x1f{cache}\x1f{topic}"
+
+
 def _here(route: str, cache: str, topic: str) -> dict[str, Any]:
     return {"p_route": route, "p_cache": cache, "p_topic": topic}
 
@@ -112,7 +117,7 @@ def peek(
     PEEK_AHEAD), whether the topic has outbox rows pending, and which of ``late_of`` came too
     late to run in order. None if the cursor does not exist yet. Outbox rows ``mark_sent`` are
     marked sent on the way (``pending`` does not see that yet)."""
-    key = f"{route}\x1f{cache}\x1f{topic}"
+    key = topic_key(route, cache, topic)
     params = _here(route, cache, topic) | {"p_key": key, "p_ids": list(late_of)}
     if mark_sent:
         rows = conn.execute(PEEK_AND_MARK, params | {"p_sent": list(mark_sent)}).all()
@@ -209,7 +214,7 @@ def lock_or_late(
     conn: Connection, route: str, cache: str, topic: str, ids: list[int]
 ) -> tuple[bool, list[int]]:
     """Try the topic's driver lock; if it is taken, also return ``late_events(ids)``."""
-    key = f"{route}\x1f{cache}\x1f{topic}"
+    key = topic_key(route, cache, topic)
     params = _here(route, cache, topic) | {"p_key": key, "p_ids": ids}
     late = conn.execute(LOCK_OR_LATE, params).scalar_one()
     return late is None, sorted(late or ())

@@ -36,7 +36,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from pipeline.cursor_sql import MARK_SENT, SKIPPED
 from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus, WorkflowRun
-from pipeline.ordering import Move
+from pipeline.ordering import Move, topic_key
 from pipeline.routes import Route
 from pipeline.templates import render
 from pipeline.workflows import Output
@@ -69,7 +69,7 @@ def envelope(message_id: str, text: str) -> str:
 
 def ordering_key(route: Route, cache: str, topic: str) -> str | None:
     """Rows of an ordered route are sent in order per (route, inbound cache, inbound topic)."""
-    return f"{route.name}\x1f{cache}\x1f{topic}" if route.ordered else None
+    return topic_key(route.name, cache, topic) if route.ordered else None
 
 
 def outbox_rows(route: Route, event: dict[str, Any], result: Output | None) -> list[dict[str, Any]]:

@@ -118,14 +118,13 @@ class Publisher:
 
         The caller holds the key's advisory lock, so the rows are its alone; ``conn`` is in
         autocommit, so each row is marked the moment it is sent, unless ``unmarked`` is given:
-        then sent rows' ids are added to it (and rows already in it skipped), for the caller to
-        mark before it lets the lock go. Rows in ``sent`` were sent already (the statement that
-        listed them as pending also marked them).
+        then sent rows' ids are added to it, for the caller to mark before it lets the lock go.
+        Rows in ``sent`` were sent already (the statement that listed them as pending also
+        marked them).
         """
         report = SendReport()
-        skip = set(unmarked or ()) | set(sent)
         for row in rows:
-            if row.id in skip:
+            if row.id in sent:
                 continue
             if not row.due:
                 break

@@ -224,7 +224,7 @@ class WorkflowRunner:
         finishing is never left waiting for the periodic sweep. Of ``new_ids``, those the cursor
         already passed (they arrived too late) run on their own.
         """
-        key = f"{route.name}\x1f{cache}\x1f{topic}"
+        key = ordering.topic_key(route.name, cache, topic)
         ran = 0
         with self.engine.connect() as raw:
             conn = raw.execution_options(isolation_level="AUTOCOMMIT")
@@ -303,7 +303,8 @@ class WorkflowRunner:
         rows, at = self._next(conn, route, cache, topic, new_ids)
         dispatch_late(self.app, conn, route.name, at.late)
         if at.pending:  # leftovers: a crash, a late run or a replay left rows to send first
-            self._sent(self.publisher.flush_key(conn, f"{route.name}\x1f{cache}\x1f{topic}"))
+            key = ordering.topic_key(route.name, cache, topic)
+            self._sent(self.publisher.flush_key(conn, key))
         while rows:
             attempts = at.attempts  # the first event's; a moved cursor starts the next at 0
             since: ordering.Position = (at.epoch, at.seq, at.event_id)

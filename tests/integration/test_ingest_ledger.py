@@ -23,6 +23,7 @@ def batch(seqs: range) -> list[list[object]]:
 def test_resend_pushes_only_batches_older_than_the_limit_once_per_limit(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     queue = f"ledger-test-{time.monotonic_ns()}"
+    client.delete(ingest_ledger.MESSAGES, ingest_ledger.PUSHED_AT)  # other tests' batches
     now_ms = int(time.time() * 1000)
     pipe = client.pipeline()
     ingest_ledger.record(pipe, "old", b"old message", now_ms - 60_000)

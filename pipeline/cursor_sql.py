@@ -34,6 +34,7 @@ from pipeline.models import (
     RouteCursor,
     TopicCursorRow,
     WorkflowRun,
+    outbox_status_is,
 )
 
 HISTORY = timedelta(minutes=5)
@@ -114,7 +115,7 @@ def _peek_statement() -> Any:
         select(OutboxMessage.next_attempt_at <= func.now())
         .where(
             OutboxMessage.ordering_key == bindparam("p_key"),
-            OutboxMessage.status == OutboxStatus.PENDING,
+            outbox_status_is(OutboxStatus.PENDING),
         )
         .order_by(OutboxMessage.id)
         .limit(1)

@@ -35,7 +35,14 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from pipeline.cursor_sql import MARK_SENT, SKIPPED
-from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus, WorkflowRun
+from pipeline.models import (
+    DeadLetter,
+    OutboxKind,
+    OutboxMessage,
+    OutboxStatus,
+    WorkflowRun,
+    outbox_status_is,
+)
 from pipeline.ordering import Move, topic_key
 from pipeline.routes import Route
 from pipeline.templates import render
@@ -202,7 +209,7 @@ def _commit_statement(
         else and_(OutboxMessage.route == route, OutboxMessage.event_id == event_id)
     )
     due = (OutboxMessage.next_attempt_at <= func.now()).label("due")
-    queries = [select(*SEND_COLUMNS, due).where(OutboxMessage.status == OutboxStatus.PENDING, mine)]
+    queries = [select(*SEND_COLUMNS, due).where(outbox_status_is(OutboxStatus.PENDING), mine)]
     if n_rows:
         table = OutboxMessage.__table__.c
         # INSERT … SELECT, not a multi-row VALUES: SQLAlchemy caches the compiled form of this.

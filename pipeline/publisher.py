@@ -27,7 +27,7 @@ from pipeline.celery_app import broker_url
 from pipeline.config import Settings
 from pipeline.cursor_sql import MARK_SENT, lock_id
 from pipeline.errors import MomentoError
-from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus
+from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus, outbox_status_is
 from pipeline.outbox import SEND_COLUMNS, envelope
 from pipeline.ratelimit import LocalBucket, TokenBucket
 
@@ -139,7 +139,7 @@ class Publisher:
         due = (OutboxMessage.next_attempt_at <= func.now()).label("due")
         rows = conn.execute(
             select(*SEND_COLUMNS, due)
-            .where(OutboxMessage.ordering_key == key, OutboxMessage.status == OutboxStatus.PENDING)
+            .where(OutboxMessage.ordering_key == key, outbox_status_is(OutboxStatus.PENDING))
             .order_by(OutboxMessage.id)
         ).all()
         return self.send_locked(conn, rows) if rows else SendReport()
@@ -164,7 +164,7 @@ class Publisher:
                 select(*SEND_COLUMNS, literal(True).label("due"))
                 .where(
                     OutboxMessage.id == outbox_id,
-                    OutboxMessage.status == OutboxStatus.PENDING,
+                    outbox_status_is(OutboxStatus.PENDING),
                     OutboxMessage.next_attempt_at <= func.now(),
                 )
                 .with_for_update(skip_locked=True)
@@ -198,7 +198,7 @@ class Publisher:
             rows = conn.execute(
                 select(OutboxMessage.id, OutboxMessage.ordering_key)
                 .where(
-                    OutboxMessage.status == OutboxStatus.PENDING,
+                    outbox_status_is(OutboxStatus.PENDING),
                     OutboxMessage.next_attempt_at <= func.now(),
                 )
                 .order_by(OutboxMessage.id)

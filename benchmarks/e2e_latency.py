@@ -298,7 +298,7 @@ def stage_medians(database_url: str, warmup: int) -> dict[str, float]:
         "webhook": [],  # SDK publish -> local Momento -> signed POST -> receiver
         "to_stored": [],  # receiver -> broker -> ingest task -> its transaction starts
         "to_result": [],  # ingest commit -> hand-over -> workflow ran -> result committed
-        "to_sent": [],  # result committed -> rate token -> SDK publish -> marked sent
+        "to_sent": [],  # result committed -> sender thread publishes -> marked by a later statement
     }
     with engine.connect() as conn:
         for row in conn.execute(text(STAGES_SQL)):

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Collection, Sequence
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
@@ -87,6 +88,7 @@ class Publisher:
         self.settings = settings
         self.engine = engine
         self.bucket = bucket if bucket is not None else make_bucket(settings)
+        self._bucket_lock = threading.Lock()
 
     @cached_property
     def topics(self) -> Any:
@@ -107,28 +109,17 @@ class Publisher:
 
     # -- ordered rows: the caller holds the topic's lock ----------------------------------------
 
-    def send_locked(
-        self,
-        conn: Connection,
-        rows: Sequence[Any],
-        unmarked: list[int] | None = None,
-        sent: Collection[int] = (),
-    ) -> SendReport:
+    def send_locked(self, conn: Connection, rows: Sequence[Any]) -> SendReport:
         """Send an ordering key's pending rows in id order; stop at one that must wait.
 
         The caller holds the key's advisory lock, so the rows are its alone; ``conn`` is in
-        autocommit, so each row is marked the moment it is sent, unless ``unmarked`` is given:
-        then sent rows' ids are added to it, for the caller to mark before it lets the lock go.
-        Rows in ``sent`` were sent already (the statement that listed them as pending also
-        marked them).
+        autocommit, so each row is marked the moment it is sent.
         """
         report = SendReport()
         for row in rows:
-            if row.id in sent:
-                continue
             if not row.due:
                 break
-            step = self._attempt(conn, row, unmarked)
+            step = self._attempt(conn, row)
             report.add(step)
             if step.retried:
                 break
@@ -209,16 +200,15 @@ class Publisher:
     # -- one row ------------------------------------------------------------------------------
 
     def mark_sent(self, conn: Connection, ids: list[int]) -> None:
-        """Mark rows sent by ``send_locked(..., unmarked)`` in one statement, and forget them."""
+        """Mark rows sent (by an ordered sender) in one statement, and forget them."""
         if ids:
             conn.execute(MARK_SENT, {"p_sent": list(ids)})
             ids.clear()
 
-    def _attempt(self, conn: Connection, row: Any, unmarked: list[int] | None = None) -> SendReport:
+    def _attempt(self, conn: Connection, row: Any) -> SendReport:
         """Send one row that is this caller's alone and record the outcome through ``conn``."""
         try:
-            self.bucket.acquire()
-            self._perform(row)
+            self.send_now(row)
         except MomentoError as exc:
             if exc.transient and row.attempts + 1 < self.settings.pipeline_publish_max_attempts:
                 return self._retry_later(conn, row, f"{exc.code}: {exc}")
@@ -228,11 +218,14 @@ class Publisher:
             if row.attempts + 1 < self.settings.pipeline_publish_max_attempts:
                 return self._retry_later(conn, row, repr(exc))
             return self._give_up(conn, row, type(exc).__name__, repr(exc))
-        if unmarked is None:
-            conn.execute(MARK_SENT, {"p_sent": [row.id]})
-        else:
-            unmarked.append(row.id)
+        conn.execute(MARK_SENT, {"p_sent": [row.id]})
         return SendReport(sent=1)
+
+    def send_now(self, row: Any) -> None:
+        """One row's Momento operation, within the rate limit; records nothing (raises)."""
+        with self._bucket_lock:  # an ordered sender's thread may take tokens too
+            self.bucket.acquire()
+        self._perform(row)
 
     def _perform(self, row: Any) -> None:
         """The one Momento call a row asks for (raises MomentoError)."""

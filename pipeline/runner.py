@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine
 
 from pipeline import ordering
 from pipeline.config import Settings
+from pipeline.ordered_sender import OrderedSender
 from pipeline.outbox import (
     Committed,
     commit_result,
@@ -71,6 +72,7 @@ class WorkflowRunner:
         self.routes = routes
         self.app = app
         self.publisher = publisher
+        self.sender = OrderedSender(publisher)
 
     # -- one event: unordered routes, late events, replays ------------------------------------
 
@@ -237,14 +239,12 @@ class WorkflowRunner:
                 elif not try_lock(conn, key):
                     return ran
                 deadline = time.monotonic() + budget_s
-                unmarked: list[int] = []  # sent; marked by the next peek, or here before unlock
+                self.sender.begin()
                 try:
-                    ran += self._drive_locked(
-                        conn, route, cache, topic, new_ids or [], deadline, unmarked
-                    )
+                    ran += self._drive_locked(conn, route, cache, topic, new_ids or [], deadline)
                 finally:
                     try:
-                        self.publisher.mark_sent(conn, unmarked)
+                        self._settle_sends(conn, key)
                     finally:
                         unlock(conn, key)
                 new_ids = None
@@ -291,12 +291,11 @@ class WorkflowRunner:
         topic: str,
         new_ids: list[int],
         deadline: float,
-        unmarked: list[int],
     ) -> int:
-        """Run released events under the lock; rows sent and not yet marked go to ``unmarked``.
+        """Run released events under the lock, their rows sent by ``self.sender`` meanwhile.
 
-        Each peek brings the next few released events; each run's commit marks the previous
-        run's rows sent, so at most one event's rows are ever sent and not marked.
+        Each peek brings the next few released events; each commit (and peek) marks the rows
+        sent since the previous one.
         """
         ran = 0
         is_task = resolve_workflow(route.workflow).is_task
@@ -309,16 +308,22 @@ class WorkflowRunner:
             attempts = at.attempts  # the first event's; a moved cursor starts the next at 0
             since: ordering.Position = (at.epoch, at.seq, at.event_id)
             for row in rows:
-                if not self._step(conn, route, row, since, attempts, unmarked, is_task):
+                if not self._step(conn, route, row, since, attempts, is_task):
                     return ran
                 ran += 1
                 attempts = 0
                 since = (row.epoch, row.topic_sequence_number, row.id)
                 if time.monotonic() >= deadline:
                     return ran
-            rows, at = self._next(conn, route, cache, topic, mark_sent=unmarked)
-            unmarked.clear()
+            rows, at = self._next(conn, route, cache, topic, mark_sent=self.sender.sent())
         return ran
+
+    def _settle_sends(self, conn: Connection, key: str) -> None:
+        """End a driver's turn: wait for its sends and mark them; if one failed, send the rest
+        here, the way that records retries and dead letters."""
+        self.publisher.mark_sent(conn, self.sender.wait())
+        if self.sender.failed:
+            self._sent(self.publisher.flush_key(conn, key))
 
     def _step(
         self,
@@ -327,11 +332,10 @@ class WorkflowRunner:
         row: Any,
         since: ordering.Position,
         attempts: int,
-        unmarked: list[int],
         is_task: bool,
     ) -> bool:
         """Run the topic's next event under the lock: False if the topic must wait now (its
-        canvas started, or it failed and is held for a retry)."""
+        canvas started, it failed and is held for a retry, or a send failed)."""
         if not is_task:
             ordering.mark_inflight(conn, route.name, row)
             self.start_canvas(route, row, mode="ordered")
@@ -339,18 +343,22 @@ class WorkflowRunner:
         result = self.attempt(route, row)
         if result.error is None:
             committed = self._commit(
-                conn, route, row, result.rows, mode="ordered", mark_sent=unmarked, since=since
+                conn,
+                route,
+                row,
+                result.rows,
+                mode="ordered",
+                mark_sent=self.sender.sent(),
+                since=since,
             )
-            marked = set(unmarked)
-            unmarked.clear()
             dispatch_late(self.app, conn, route.name, committed.skipped)
-            self._sent(self.publisher.send_locked(conn, committed.pending, unmarked, marked))
-        elif result.retry and attempts + 1 < self.settings.pipeline_workflow_max_attempts:
+            self.sender.submit(committed.pending)
+            return not self.sender.failed
+        if result.retry and attempts + 1 < self.settings.pipeline_workflow_max_attempts:
             delay_s = backoff_s(attempts + 1)
             ordering.hold_for_retry(conn, route.name, row, delay_s)
             args = (route.name, row.cache, row.topic)
             self.app.send_task("tasks.workflows.advance", args=args, countdown=delay_s)
             return False
-        else:
-            self.fail(route.name, row.id, result.error or "", mode="ordered", inline=True)
+        self.fail(route.name, row.id, result.error or "", mode="ordered", inline=True)
         return True

@@ -14,10 +14,9 @@ from typing import Any
 from sqlalchemy import TextClause, insert, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DataError, IntegrityError
-from sqlalchemy.orm import Session
 
 from pipeline.config import Settings
-from pipeline.db import session_scope
+from pipeline.db import Executor, transaction
 from pipeline.errors import MalformedBody
 from pipeline.events import parse_webhook, subscription_key, webhook_key
 from pipeline.models import DeadLetter, Event, EventSource, IngestBatch
@@ -161,7 +160,7 @@ def _json_value(value: object) -> str:
     raise TypeError(f"cannot store {type(value).__name__} as JSON")
 
 
-def insert_events(session: Session, rows: list[dict[str, Any]], result: StoreResult) -> None:
+def insert_events(session: Executor, rows: list[dict[str, Any]], result: StoreResult) -> None:
     """INSERT … ON CONFLICT DO NOTHING; rows already stored count as duplicates."""
     if not rows:
         return
@@ -170,7 +169,7 @@ def insert_events(session: Session, rows: list[dict[str, Any]], result: StoreRes
     result.count(len(rows), inserted)
 
 
-def dead_letter(session: Session, kind: str, reason: str, payload: dict[str, Any]) -> None:
+def dead_letter(session: Executor, kind: str, reason: str, payload: dict[str, Any]) -> None:
     """Keep input that no retry can fix, with the reason."""
     session.execute(insert(DeadLetter).values(kind=kind, reason=reason[:2000], payload=payload))
 
@@ -184,7 +183,7 @@ class BatchStoredBefore(Exception):
 
 
 def write_batch(
-    session: Session,
+    session: Executor,
     rows: list[dict[str, Any]],
     cursors: list[dict[str, Any]],
     batch_id: str | None,
@@ -210,7 +209,7 @@ def write_batch(
     result.count(len(rows), [row for row in found if row.id is not None])
 
 
-def insert_isolated(session: Session, rows: list[dict[str, Any]], result: StoreResult) -> None:
+def insert_isolated(session: Executor, rows: list[dict[str, Any]], result: StoreResult) -> None:
     """Insert rows one by one, each in a savepoint; dead-letter those Postgres refuses.
 
     The slow path of a batch holding a value no validation foresaw: without it that batch would
@@ -232,13 +231,13 @@ _CLAIM_BATCH = text(
 )  # plain text: building the ORM construct per batch costs ~1 ms of CPU
 
 
-def claim_batch(session: Session, batch_id: str) -> bool:
+def claim_batch(session: Executor, batch_id: str) -> bool:
     """Record that this transaction stores batch ``batch_id``; False if it was stored before."""
     return session.execute(_CLAIM_BATCH, {"task_id": batch_id}).first() is not None
 
 
 def store_webhook_batch(
-    session: Session,
+    session: Executor,
     items: Sequence[RawItem],
     policy: SequencePolicy,
     batch_id: str | None = None,
@@ -277,11 +276,11 @@ def store_batch(
     """
     try:
         try:
-            with session_scope(settings) as session:
+            with transaction(settings) as session:
                 return store_webhook_batch(session, items, policy, batch_id)
         except RowsRefused as exc:
             logger.warning("batch refused, isolating rows count=%d error=%s", len(items), exc)
-        with session_scope(settings) as session:
+        with transaction(settings) as session:
             return store_webhook_batch(session, items, policy, batch_id, isolate=True)
     except BatchStoredBefore:
         return StoreResult(replayed=True)

@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, text, update
-from sqlalchemy.orm import Session
 
 from pipeline.config import Settings
+from pipeline.db import Executor
 from pipeline.models import DuplicateDelivery, LostRange, TopicCursorRow
 from pipeline.sequencing import (
     Classified,
@@ -80,7 +80,7 @@ _LOCK_CURSORS = text(
 )  # plain text, one statement whatever the number of topics (a VALUES list compiles per batch)
 
 
-def lock_cursors(session: Session, keys: Iterable[TopicKey]) -> dict[TopicKey, TopicCursor]:
+def lock_cursors(session: Executor, keys: Iterable[TopicKey]) -> dict[TopicKey, TopicCursor]:
     """Create missing cursor rows and lock all of them, in key order (no deadlocks).
 
     One statement: ``INSERT … ON CONFLICT DO UPDATE`` (a no-op update) locks each existing row as
@@ -99,7 +99,7 @@ def lock_cursors(session: Session, keys: Iterable[TopicKey]) -> dict[TopicKey, T
 
 
 def sequence_rows(
-    session: Session, rows: list[dict[str, Any]], policy: SequencePolicy, *, save: bool = True
+    session: Executor, rows: list[dict[str, Any]], policy: SequencePolicy, *, save: bool = True
 ) -> tuple[list[dict[str, Any]], SequenceReport]:
     """Classify a batch's event rows in arrival order; return the rows worth storing.
 
@@ -151,7 +151,7 @@ def sequence_rows(
     return [row for row, kept in zip(rows, keep, strict=True) if kept], report
 
 
-def tick(session: Session, policy: SequencePolicy, now_ms: int | None = None) -> SequenceReport:
+def tick(session: Executor, policy: SequencePolicy, now_ms: int | None = None) -> SequenceReport:
     """Declare gaps whose reorder window has passed, on topics no batch is sequencing right now.
 
     Topics locked by an ingest transaction are skipped: that batch declares their gaps itself.
@@ -176,7 +176,7 @@ def tick(session: Session, policy: SequencePolicy, now_ms: int | None = None) ->
 
 
 def _record_duplicate(
-    session: Session, key: TopicKey, outcome: Classified, received_at: datetime
+    session: Executor, key: TopicKey, outcome: Classified, received_at: datetime
 ) -> None:
     session.execute(
         insert(DuplicateDelivery).values(
@@ -190,7 +190,7 @@ def _record_duplicate(
 
 
 def _record_gaps(
-    session: Session,
+    session: Executor,
     key: TopicKey,
     outcomes: list[Outcome],
     now_ms: int,
@@ -215,7 +215,7 @@ def _record_gaps(
             report.filled += 1
 
 
-def _unlose(session: Session, key: TopicKey, filled: GapFilled) -> None:
+def _unlose(session: Executor, key: TopicKey, filled: GapFilled) -> None:
     """Remove one number from the lost range holding it (splitting the range if needed)."""
     cache, topic = key
     found = session.execute(
@@ -248,7 +248,7 @@ def _unlose(session: Session, key: TopicKey, filled: GapFilled) -> None:
             )
 
 
-def _save(session: Session, key: TopicKey, cursor: TopicCursor, newest_ms: int | None) -> None:
+def _save(session: Executor, key: TopicKey, cursor: TopicCursor, newest_ms: int | None) -> None:
     values: dict[str, Any] = {"state": cursor.to_json(), "updated_at": datetime.now(UTC)}
     if newest_ms is not None:
         values["newest_received_at"] = func.greatest(

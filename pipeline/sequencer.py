@@ -219,7 +219,7 @@ def _unlose(session: Executor, key: TopicKey, filled: GapFilled) -> None:
     """Remove one number from the lost range holding it (splitting the range if needed)."""
     cache, topic = key
     found = session.execute(
-        select(LostRange)
+        select(LostRange.id, LostRange.first_seq, LostRange.last_seq, LostRange.declared_at)
         .where(
             LostRange.cache == cache,
             LostRange.topic == topic,
@@ -228,7 +228,7 @@ def _unlose(session: Executor, key: TopicKey, filled: GapFilled) -> None:
             LostRange.last_seq >= filled.seq,
         )
         .limit(1)
-    ).scalar_one_or_none()
+    ).first()
     if found is None:
         logger.warning("filled number not in a lost range topic=%s seq=%d", topic, filled.seq)
         return

@@ -121,3 +121,35 @@ def test_ingest_batches_send_task_events_only_when_configured(
         time.sleep(0.5)
     ingest_events = events.kinds_of(ingest.id)
     assert ("task-succeeded" in ingest_events) is enabled, ingest_events
+
+
+def test_a_number_declared_lost_that_arrives_after_all_leaves_its_lost_range(db: Settings) -> None:
+    """Stored on the ingest path's Core connection: 4 and 5 are declared lost, 4 then arrives,
+    and only 5 stays lost."""
+    from pipeline import ingest
+    from pipeline.sequencer import policy_from
+
+    quick = db.model_copy(update={"pipeline_reorder_window_s": 0.2})
+    policy = policy_from(quick)
+    ingest.store_batch(db, [webhook_item(n, topic="lost") for n in (1, 2, 3)], policy, "b1")
+    time.sleep(0.3)
+    ingest.store_batch(db, [webhook_item(6, topic="lost")], policy, "b2")
+    time.sleep(0.3)  # past the window: the next batch's sequencing declares 4 and 5 lost
+    ingest.store_batch(db, [webhook_item(7, topic="lost")], policy, "b3")
+    assert wait_for(lambda: lost_ranges(db) == ["4-5"], 5), lost_ranges(db)
+    result = ingest.store_batch(db, [webhook_item(4, topic="lost")], policy, "b4")
+    assert (len(result.new_ids), result.dead) == (1, 0)
+    assert lost_ranges(db) == ["5-5"]
+    assert count_rows(db, "SELECT count(*) FROM events WHERE topic = 'lost'") == 6
+
+
+def lost_ranges(db: Settings) -> list[str]:
+    from sqlalchemy import text
+
+    from pipeline.db import get_engine
+
+    with get_engine(db).connect() as conn:
+        found = conn.execute(
+            text("SELECT first_seq || '-' || last_seq FROM lost_ranges WHERE topic = 'lost'")
+        )
+        return [str(r) for r in found.scalars()]

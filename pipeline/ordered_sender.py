@@ -58,9 +58,13 @@ class OrderedSender:
     def submit(self, rows: Sequence[Any]) -> int:
         """Queue a key's pending rows, oldest first, that are not queued yet; returns how many.
 
-        Stops at a row not due (a retry backoff holds it, and the rows behind it wait for it),
-        and queues nothing once a send has failed.
+        Waits first for the sends queued before (the previous event's): one event's rows are
+        sent while the next event runs, no more, so a slow or rate-limited Momento slows the
+        driver instead of piling rows up behind the topic's lock. Stops at a row not due (a
+        retry backoff holds it, and the rows behind it wait for it), and queues nothing once a
+        send has failed.
         """
+        self._finish_queued()
         queued = 0
         for row in rows:
             if row.id in self._known:
@@ -83,13 +87,16 @@ class OrderedSender:
 
     def wait(self) -> list[int]:
         """Wait for every queued send; returns the ids ``sent`` has not returned yet."""
-        for future in self._queued:
-            future.exception()  # waits; _send raises nothing
+        self._finish_queued()
         return self.sent()
 
     def close(self) -> None:
         """Stop the thread after the queued sends."""
         self._executor.shutdown(wait=True)
+
+    def _finish_queued(self) -> None:
+        for future in self._queued:
+            future.exception()  # waits; _send raises nothing
 
     def _send(self, row: Any) -> int | None:
         if self._failed.is_set():

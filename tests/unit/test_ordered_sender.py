@@ -112,3 +112,20 @@ def test_a_turn_may_not_begin_with_sends_in_flight(
         sender.begin()
     recorder.gate.set()
     assert sender.wait() == [1]
+
+
+def test_a_submit_waits_for_the_previous_events_sends(
+    sender: OrderedSender, recorder: Recorder
+) -> None:
+    """At most one event's rows are in flight: the next event's wait for them."""
+    recorder.gate.clear()
+    sender.submit([Row(1)])
+    second = threading.Thread(target=sender.submit, args=([Row(2)],))
+    second.start()
+    second.join(0.1)
+    assert second.is_alive()  # held back while row 1 is being sent
+    assert recorder.sent == []
+    recorder.gate.set()
+    second.join(5)
+    assert not second.is_alive()
+    assert sender.wait() == [1, 2]

@@ -7,11 +7,11 @@ batch makes that cost per batch instead.
 
 The wait adapts to the workers: a Redis ``LPUSH`` answers with the queue's length, and while
 batches are waiting there (the workers are behind), a new batch would wait anyway, so it
-collects for longer (``wait_s`` times the waiting batches plus one, at most ``max_wait_s``).
-Bigger batches cost the workers less per event, so they catch up instead of falling further
-behind; with an empty queue the wait is ``wait_s`` again. A batch also waits until ``interval_s``
-after the previous one was sent: below ``1 / interval_s`` batches/s that changes nothing, above
-it requests share batches instead of each paying a worker's per-batch cost.
+collects for longer (``wait_s`` times the waiting batches, at most ``max_wait_s``). Bigger
+batches cost the workers less per event, so they catch up instead of falling further behind;
+with an empty queue a batch goes at once. A batch also waits until ``interval_s`` after the
+previous one was sent: below ``1 / interval_s`` batches/s that changes nothing, above it
+requests share batches instead of each paying a worker's per-batch cost.
 
 Memory is bounded: at most ``max_pending`` events wait at once; past that a request is refused
 (503) at once rather than queued behind a broker that is not keeping up.
@@ -202,7 +202,7 @@ class GroupCommitter:
     def current_wait_s(self) -> float:
         """How long the next batch collects: longer while batches wait in the broker, and at
         least until ``interval_s`` after the previous batch was sent."""
-        backlog_s = self.wait_s * (1 + self._waiting)
+        backlog_s = self.wait_s * self._waiting
         spacing_s = self._last_flush + self.interval_s - time.perf_counter()
         wait_s = min(self.max_wait_s, max(backlog_s, spacing_s))
         metrics.BATCH_WAIT.set(wait_s)

@@ -66,3 +66,36 @@ def test_a_request_after_a_quiet_spell_waits_only_the_base_wait() -> None:
         return elapsed
 
     assert asyncio.run(run()) < 0.1  # not held until 0.2 s after the first batch
+
+
+class Backlogged(Recorder):
+    """A sender whose broker queue reports ``depth`` batches (its own included)."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.depth = depth
+
+    async def __call__(self, items: Sequence[Any]) -> int:
+        await super().__call__(items)
+        return self.depth
+
+
+def second_request_s(depth: int) -> float:
+    """How long a lone request takes to be sent after one batch went to a queue of ``depth``."""
+
+    async def run() -> float:
+        committer = GroupCommitter(Backlogged(depth), wait_s=0.1, max_wait_s=1.0)
+        await committer.start()
+        await committer.submit("first")
+        started = time.perf_counter()
+        await committer.submit("second")
+        elapsed = time.perf_counter() - started
+        await committer.stop()
+        return elapsed
+
+    return asyncio.run(run())
+
+
+def test_an_idle_queue_sends_at_once_and_a_backlog_collects_longer() -> None:
+    assert second_request_s(depth=1) < 0.05  # nothing waits in the queue: no 100 ms wait
+    assert second_request_s(depth=3) >= 0.2  # two batches wait: 2 x 100 ms

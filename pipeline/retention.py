@@ -7,6 +7,11 @@ only guard against redelivered broker messages, which never outlive the visibili
 they follow the same cutoff. Deletes run in chunks of ids, each its own short transaction, so
 a large first cleanup neither bloats one transaction nor holds locks for long. Lost ranges are
 kept: they are small and they are what `pipeline stats` lists.
+
+An expired event is also kept while a workflow still needs it: an ordered route's driver has not
+reached it yet (it is ahead of a route cursor of its topic), a run of it is in flight
+(``running``), or a workflow dead letter for it is unresolved (``pipeline replay`` re-runs it
+from the stored event). Once that is over, the next run deletes it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,17 @@ CHUNK = 10_000
 _DELETE = {
     "events": """
 DELETE FROM events WHERE id IN (
-    SELECT id FROM events WHERE received_at < :cutoff AND id <= :settled LIMIT :n)""",
+    SELECT e.id FROM events e
+    WHERE e.received_at < :cutoff AND e.id <= :settled
+      AND NOT EXISTS (
+        SELECT 1 FROM route_cursors c
+        WHERE c.cache = e.cache AND c.topic = e.topic
+          AND (e.epoch, e.topic_sequence_number, e.id) > (c.epoch, c.seq, c.event_id))
+      AND e.id NOT IN (SELECT event_id FROM workflow_runs WHERE status = 'running')
+      AND e.id NOT IN (
+        SELECT (payload ->> 'event_id')::bigint FROM dead_letters
+        WHERE kind = 'workflow' AND resolved_at IS NULL AND payload ? 'event_id')
+    LIMIT :n)""",
     "duplicates": """
 DELETE FROM duplicate_deliveries WHERE id IN (
     SELECT id FROM duplicate_deliveries

@@ -50,6 +50,49 @@ def test_retention_deletes_old_rolled_up_rows_and_keeps_rollups(db: Settings) ->
     assert delete_expired(engine, 7, WINDOW_S).events == 1  # now it is rolled up: deletable
 
 
+def test_retention_keeps_expired_events_a_workflow_still_needs(db: Settings) -> None:
+    old = BASE_MS - 10 * DAY_MS
+    store(db, *(item(s, old + s * 1_000, old + s * 1_000 + 7) for s in range(1, 7)))
+    engine = get_engine(db)
+    rollup(engine, WINDOW_S)
+    with engine.begin() as conn:
+        ids = dict(conn.execute(text("SELECT topic_sequence_number, id FROM events")).all())
+        conn.execute(
+            text("INSERT INTO workflow_runs (route, event_id, status) VALUES ('r', :e, 'running')"),
+            {"e": ids[2]},
+        )
+        dead = {"route": "r", "event_id": ids[3]}
+        conn.execute(
+            text(
+                "INSERT INTO dead_letters (kind, reason, payload)"
+                " VALUES ('workflow', 'boom', CAST(:p AS jsonb))"
+            ),
+            {"p": json.dumps(dead)},
+        )
+        conn.execute(  # an ordered route has run the topic up to seq 4: 5 and 6 are ahead
+            text(
+                "INSERT INTO route_cursors (route, cache, topic, epoch, seq, event_id)"
+                " SELECT 'r', cache, topic, epoch, topic_sequence_number, id"
+                " FROM events WHERE id = :e"
+            ),
+            {"e": ids[4]},
+        )
+
+    def left() -> list[int]:
+        query = "SELECT topic_sequence_number FROM events ORDER BY 1"
+        with engine.connect() as conn:
+            return list(conn.execute(text(query)).scalars())
+
+    assert delete_expired(engine, 7, WINDOW_S).events == 2
+    assert left() == [2, 3, 5, 6]
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE workflow_runs SET status = 'done'"))
+        conn.execute(text("UPDATE dead_letters SET resolved_at = now()"))
+        conn.execute(text("UPDATE route_cursors SET seq = 6, event_id = :e"), {"e": ids[6]})
+    assert delete_expired(engine, 7, WINDOW_S).events == 4
+    assert left() == []
+
+
 def test_finished_windows_are_published_once_and_again_when_they_change(db: Settings) -> None:
     b = BASE_MS
     store(db, item(1, b + 1_000, b + 1_005), item(2, b + 61_000, b + 61_009))

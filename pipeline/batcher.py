@@ -9,9 +9,10 @@ The wait adapts to the workers: a Redis ``LPUSH`` answers with the queue's lengt
 batches are waiting there (the workers are behind), a new batch would wait anyway, so it
 collects for longer (``wait_s`` times the waiting batches, at most ``max_wait_s``). Bigger
 batches cost the workers less per event, so they catch up instead of falling further behind;
-with an empty queue a batch goes at once. A batch also waits until ``interval_s`` after the
-previous one was sent: below ``1 / interval_s`` batches/s that changes nothing, above it
-requests share batches instead of each paying a worker's per-batch cost.
+with an empty queue a batch goes at once. While requests arrive faster than one per
+``interval_s`` (a moving average of the gaps between them), a batch also waits until
+``interval_s`` after the previous one was sent, so requests share batches instead of each paying
+a worker's per-batch cost; slower traffic is not held back, since waiting would group nothing.
 
 Memory is bounded: at most ``max_pending`` events wait at once; past that a request is refused
 (503) at once rather than queued behind a broker that is not keeping up.
@@ -56,6 +57,12 @@ class AsyncSender(Protocol):
 
     async def aclose(self) -> None:
         """Release connections (called once the batcher has stopped)."""
+
+
+GAP_WEIGHT = 0.3
+"""Weight of the newest gap between requests in their moving average."""
+GAP_CAP_S = 0.1
+"""Longer gaps count as this long: a burst after a quiet spell is spaced from its ~4th request."""
 
 
 class Overloaded(Exception):
@@ -137,6 +144,8 @@ class GroupCommitter:
         self.max_wait_s = max(wait_s, max_wait_s)
         self.interval_s = interval_s
         self._last_flush = -1e9  # perf_counter() of the last batch sent
+        self._last_arrival = -1e9  # perf_counter() of the last request
+        self._gap_s = 0.0  # moving average of the gaps between requests
         self._waiting = 0  # batches in the broker's queue after the last send, besides that one
         self.max_pending = max_pending
         self.timeout_s = timeout_s
@@ -187,6 +196,9 @@ class GroupCommitter:
             raise Overloaded(f"{self._pending} events already waiting for the broker")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         now = time.perf_counter()
+        gap_s = min(GAP_CAP_S, now - self._last_arrival)
+        self._gap_s += GAP_WEIGHT * (gap_s - self._gap_s)
+        self._last_arrival = now
         self._queue.append((item, future, now))
         self._deadlines.append((now + self.timeout_s, future))
         self._pending += 1
@@ -201,9 +213,12 @@ class GroupCommitter:
 
     def current_wait_s(self) -> float:
         """How long the next batch collects: longer while batches wait in the broker, and at
-        least until ``interval_s`` after the previous batch was sent."""
+        least until ``interval_s`` after the previous batch was sent while requests come faster
+        than one per ``interval_s``."""
         backlog_s = self.wait_s * self._waiting
-        spacing_s = self._last_flush + self.interval_s - time.perf_counter()
+        spacing_s = 0.0
+        if self._gap_s < self.interval_s:
+            spacing_s = self._last_flush + self.interval_s - time.perf_counter()
         wait_s = min(self.max_wait_s, max(backlog_s, spacing_s))
         metrics.BATCH_WAIT.set(wait_s)
         return wait_s

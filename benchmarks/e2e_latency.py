@@ -173,6 +173,11 @@ def percentile(values: list[float], q: float) -> float:
 @click.option("--concurrency", default=2, show_default=True, help="Pool size per worker.")
 @click.option("--pool", default="prefork", show_default=True, help="Celery pool of the workers.")
 @click.option("--unordered", is_flag=True, help="Route without ordered = true.")
+@click.option(
+    "--timeline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write each event's stage timestamps to this CSV file.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Show the children's output.")
 def main(
     rate: float,
@@ -182,6 +187,7 @@ def main(
     concurrency: int,
     pool: str,
     unordered: bool,
+    timeline: Path | None,
     verbose: bool,
 ) -> None:
     """Measure publish → subscriber latency through the whole pipeline."""
@@ -229,7 +235,7 @@ def main(
             roles = process_roles(home, children.children)
             before = {role: cpu_seconds(pids) for role, pids in roles.items()}
             latencies = measure(address, rate, seconds, warmup_s)
-            stages = stage_medians(urls.database_url, int(rate * warmup_s))
+            stages = stage_medians(urls.database_url, int(rate * warmup_s), timeline)
             events = rate * (seconds + warmup_s)
             cpu_ms = {
                 role: (cpu_seconds(pids) - before[role]) * 1000 / events
@@ -289,8 +295,12 @@ WHERE o.sent_at IS NOT NULL
 """
 
 
-def stage_medians(database_url: str, warmup: int) -> dict[str, float]:
-    """Where the time goes, from the rows' timestamps (one wall clock: this machine's)."""
+def stage_medians(database_url: str, warmup: int, timeline: Path | None = None) -> dict[str, float]:
+    """Where the time goes, from the rows' timestamps (one wall clock: this machine's).
+
+    ``timeline``: also write each event's timestamps there (CSV, ms after the first publish), to
+    find which stage a stall began in.
+    """
     from sqlalchemy import create_engine, text
 
     engine = create_engine(database_url)
@@ -300,6 +310,7 @@ def stage_medians(database_url: str, warmup: int) -> dict[str, float]:
         "to_result": [],  # ingest commit -> hand-over -> workflow ran -> result committed
         "to_sent": [],  # result committed -> sender thread publishes -> marked by a later statement
     }
+    lines: list[tuple[int, list[float]]] = []
     with engine.connect() as conn:
         for row in conn.execute(text(STAGES_SQL)):
             _, index, _, published_us = row.text.split()
@@ -307,12 +318,19 @@ def stage_medians(database_url: str, warmup: int) -> dict[str, float]:
                 continue
             points = [float(published_us), row.received_us, row.stored_us]
             points = [float(p) for p in [*points, row.committed_us, row.sent_us]]
+            lines.append((int(index), points))
             for name, start, end in zip(spans, points, points[1:], strict=False):
                 spans[name].append((end - start) / 1000)
         events, batches = conn.execute(
             text("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM ingest_batches)")
         ).one()
     engine.dispose()
+    if timeline is not None and lines:
+        origin = min(points[0] for _, points in lines)
+        rows = ["index,published_ms,received_ms,stored_ms,committed_ms,sent_ms"]
+        for index, points in sorted(lines):
+            rows.append(",".join([str(index), *(f"{(p - origin) / 1000:.2f}" for p in points)]))
+        timeline.write_text("\n".join(rows) + "\n")
     medians = {name: statistics.median(values) for name, values in spans.items() if values}
     return medians | {"(events per ingest batch": events / max(1, batches)}
 

@@ -9,10 +9,12 @@ The wait adapts to the workers: a Redis ``LPUSH`` answers with the queue's lengt
 batches are waiting there (the workers are behind), a new batch would wait anyway, so it
 collects for longer (``wait_s`` times the waiting batches, at most ``max_wait_s``). Bigger
 batches cost the workers less per event, so they catch up instead of falling further behind;
-with an empty queue a batch goes at once. While requests arrive faster than one per
-``interval_s`` (a moving average of the gaps between them), a batch also waits until
-``interval_s`` after the previous one was sent, so requests share batches instead of each paying
-a worker's per-batch cost; slower traffic is not held back, since waiting would group nothing.
+with an empty queue a batch goes at once. While the workers are behind (a send found batches
+waiting, within the last ``BEHIND_HOLD_S``; always, for a sender that cannot tell) and requests
+arrive faster than one per ``interval_s`` (a moving average of the gaps between them), a batch
+also waits until ``interval_s`` after the previous one was sent, so requests share batches
+instead of each paying a worker's per-batch cost. Workers that keep up, and traffic too slow to
+group, are not held back.
 
 Memory is bounded: at most ``max_pending`` events wait at once; past that a request is refused
 (503) at once rather than queued behind a broker that is not keeping up.
@@ -61,6 +63,8 @@ class AsyncSender(Protocol):
 
 GAP_WEIGHT = 0.3
 """Weight of the newest gap between requests in their moving average."""
+BEHIND_HOLD_S = 1.0
+"""Spacing stays on this long after a send last found batches waiting in the broker's queue."""
 GAP_CAP_S = 0.1
 """Longer gaps count as this long: a burst after a quiet spell is spaced from its ~4th request."""
 
@@ -146,6 +150,8 @@ class GroupCommitter:
         self._last_flush = -1e9  # perf_counter() of the last batch sent
         self._last_arrival = -1e9  # perf_counter() of the last request
         self._gap_s = 0.0  # moving average of the gaps between requests
+        self._behind_until = -1e9  # perf_counter() until which the workers count as behind
+        self._knows_backlog = False  # whether sends report the broker queue's length
         self._waiting = 0  # batches in the broker's queue after the last send, besides that one
         self.max_pending = max_pending
         self.timeout_s = timeout_s
@@ -213,12 +219,14 @@ class GroupCommitter:
 
     def current_wait_s(self) -> float:
         """How long the next batch collects: longer while batches wait in the broker, and at
-        least until ``interval_s`` after the previous batch was sent while requests come faster
-        than one per ``interval_s``."""
+        least until ``interval_s`` after the previous batch was sent while the workers are behind
+        and requests come faster than one per ``interval_s``."""
         backlog_s = self.wait_s * self._waiting
         spacing_s = 0.0
-        if self._gap_s < self.interval_s:
-            spacing_s = self._last_flush + self.interval_s - time.perf_counter()
+        now = time.perf_counter()
+        behind = not self._knows_backlog or now < self._behind_until
+        if behind and self._gap_s < self.interval_s:
+            spacing_s = self._last_flush + self.interval_s - now
         wait_s = min(self.max_wait_s, max(backlog_s, spacing_s))
         metrics.BATCH_WAIT.set(wait_s)
         return wait_s
@@ -263,6 +271,9 @@ class GroupCommitter:
                 queued = await self._send_async(items)
                 if queued is not None:
                     self._waiting = max(0, queued - 1)
+                    self._knows_backlog = True
+                    if self._waiting:
+                        self._behind_until = time.perf_counter() + BEHIND_HOLD_S
             elif self._send_blocking is not None:
                 await loop.run_in_executor(self._executor, self._send_blocking, items)
         except Exception as exc:

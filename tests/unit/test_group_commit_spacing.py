@@ -1,6 +1,6 @@
-"""Group commit spacing: batches are sent at most once per ``interval_s`` while requests come
-faster than that, and a request that arrives after a quiet spell, or in slow traffic, is not held
-back by it."""
+"""Group commit spacing: while the workers are behind and requests come faster than one per
+``interval_s``, batches are sent at most once per ``interval_s``; a request that arrives after a
+quiet spell, in slow traffic, or while the workers keep up is not held back."""
 
 from __future__ import annotations
 
@@ -28,6 +28,18 @@ class Recorder:
         pass
 
 
+class Backlogged(Recorder):
+    """A sender whose broker queue reports ``depth`` batches (its own included)."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.depth = depth
+
+    async def __call__(self, items: Sequence[Any]) -> int:
+        await super().__call__(items)
+        return self.depth
+
+
 async def submit_spaced(committer: GroupCommitter, count: int, spacing_s: float) -> None:
     await committer.start()
     requests = []
@@ -38,8 +50,9 @@ async def submit_spaced(committer: GroupCommitter, count: int, spacing_s: float)
     await committer.stop()
 
 
-def sent(interval_s: float) -> Recorder:
-    recorder = Recorder()
+def sent(interval_s: float, depth: int = 2) -> Recorder:
+    """Batches of 40 requests 2 ms apart; ``depth`` 2: each send finds a batch waiting."""
+    recorder = Backlogged(depth)
     committer = GroupCommitter(recorder, wait_s=0.001, interval_s=interval_s)
     asyncio.run(submit_spaced(committer, 40, 0.002))
     return recorder
@@ -56,6 +69,12 @@ def test_batches_are_spaced_by_the_interval_and_lose_nothing() -> None:
     assert len(spaced.batches) * 3 < len(unspaced.batches), (spaced.batches, unspaced.batches)
 
 
+def test_workers_that_keep_up_are_sent_every_request_at_once() -> None:
+    keeping_up = sent(0.02, depth=1)  # every send finds the queue otherwise empty
+    assert [item for batch in keeping_up.batches for item in batch] == list(range(40))
+    assert len(keeping_up.batches) > 30, keeping_up.batches  # spaced, it would be ~6
+
+
 def test_a_request_after_a_quiet_spell_waits_only_the_base_wait() -> None:
     async def run() -> float:
         committer = GroupCommitter(Recorder(), wait_s=0.001, interval_s=0.2)
@@ -69,18 +88,6 @@ def test_a_request_after_a_quiet_spell_waits_only_the_base_wait() -> None:
         return elapsed
 
     assert asyncio.run(run()) < 0.1  # not held until 0.2 s after the first batch
-
-
-class Backlogged(Recorder):
-    """A sender whose broker queue reports ``depth`` batches (its own included)."""
-
-    def __init__(self, depth: int) -> None:
-        super().__init__()
-        self.depth = depth
-
-    async def __call__(self, items: Sequence[Any]) -> int:
-        await super().__call__(items)
-        return self.depth
 
 
 def second_request_s(depth: int) -> float:
@@ -106,7 +113,7 @@ def test_an_idle_queue_sends_at_once_and_a_backlog_collects_longer() -> None:
 
 def test_traffic_slower_than_the_interval_is_not_held_back() -> None:
     async def run() -> list[float]:
-        committer = GroupCommitter(Recorder(), wait_s=0.001, interval_s=0.03)
+        committer = GroupCommitter(Backlogged(2), wait_s=0.001, interval_s=0.03)
         await committer.start()
         took = []
         for i in range(12):  # 10 and 90 ms apart in turn: one per 50 ms on average

@@ -81,12 +81,41 @@ def _free(host: str, port: int) -> int:
         return int(sock.getsockname()[1])
 
 
+def _check_alive(supervisor: Supervisor) -> None:
+    for child in supervisor.children:
+        if child.process is not None and child.process.poll() is not None:
+            raise ServiceError(f"{child.name} exited with {child.process.returncode}")
+
+
+def _wait_workers(
+    settings: Settings, names: list[str], supervisor: Supervisor, timeout_s: float = 60.0
+) -> None:
+    """Until every worker answers a broker ping (it consumes, its pool is up), so `up` returns
+    a pipeline that runs events at once rather than one whose first events wait for workers."""
+    from celery import Celery
+
+    from pipeline.celery_app import configure
+
+    probe = Celery("pipeline-probe")
+    configure(probe, settings)
+    waiting = set(names)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            _check_alive(supervisor)
+            for reply in probe.control.ping(timeout=0.5):
+                waiting -= {name.split("@", 1)[0] for name in reply}
+            if not waiting:
+                return
+    finally:
+        probe.close()
+    raise ServiceError(f"workers {sorted(waiting)} did not answer within {timeout_s:.0f} s")
+
+
 def _wait_http(url: str, supervisor: Supervisor, name: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for child in supervisor.children:
-            if child.process is not None and child.process.poll() is not None:
-                raise ServiceError(f"{child.name} exited with {child.process.returncode}")
+        _check_alive(supervisor)
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1.0).status_code < 500:
                 return
@@ -174,6 +203,7 @@ def _start_children(
             "--hostname",
             f"worker{index + 1}@%h",
         )
+    _wait_workers(settings, [f"worker{i + 1}" for i in range(options.workers)], supervisor)
     if options.beat:
         supervisor.python("beat", "beat")
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from celery import Celery
 from sqlalchemy import create_engine, text
 
+from pipeline.services import EmbeddedBroker
 from pipeline.signing import sign
 from tests.conftest import embedded_env, wait_for
 
@@ -55,6 +57,12 @@ def test_up_runs_everything_embedded_and_stops_without_orphans(tmp_path: Path) -
         assert any(line.startswith("flower ") and "login admin / " in line for line in lines)
         children = psutil.Process(process.pid).children(recursive=True)
         assert len(children) >= 5  # momento-local, receiver, worker, beat, flower (+ pool, stores)
+        probe = Celery("probe", broker=EmbeddedBroker(tmp_path / "home").running_url())
+        try:  # `up` reports ready only once its workers consume
+            replies = probe.control.ping(timeout=1.0)
+        finally:
+            probe.close()
+        assert any(name.startswith("worker1@") for reply in replies for name in reply), replies
 
         secret = (tmp_path / "home" / "webhook-secret").read_text().strip()
         now = int(time.time() * 1000)

@@ -83,10 +83,11 @@ def build_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": TASK_TIME_LIMIT_S - 30,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_connection_retry_on_startup": True,
-        "task_default_queue": "ingest",
+        # Tasks no route names (users' canvas steps, Celery's own) are workflow work.
+        "task_default_queue": "workflows",
         "task_queues": [Queue(name, exchange, routing_key=name) for name in QUEUES],
         "task_default_exchange": "pipeline",
-        "task_default_routing_key": "ingest",
+        "task_default_routing_key": "workflows",
         "task_routes": {f"tasks.{name}.*": {"queue": name} for name in QUEUES}
         | {"tasks.ingest.*": {"queue": "ingest"}, "tasks.examples.*": {"queue": "workflows"}},
         # Redis redelivers a message nobody acked within the visibility timeout. It must exceed the

@@ -36,9 +36,9 @@ DELETE FROM events WHERE id IN (
         WHERE c.cache = e.cache AND c.topic = e.topic
           AND (e.epoch, e.topic_sequence_number, e.id) > (c.epoch, c.seq, c.event_id))
       AND e.id NOT IN (SELECT event_id FROM workflow_runs WHERE status = 'running')
-      AND e.id NOT IN (
-        SELECT (payload ->> 'event_id')::bigint FROM dead_letters
-        WHERE kind = 'workflow' AND resolved_at IS NULL AND payload ? 'event_id')
+      AND e.id::text NOT IN (
+        SELECT payload ->> 'event_id' FROM dead_letters
+        WHERE kind = 'workflow' AND resolved_at IS NULL AND payload ->> 'event_id' IS NOT NULL)
     LIMIT :n)""",
     "duplicates": """
 DELETE FROM duplicate_deliveries WHERE id IN (

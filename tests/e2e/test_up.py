@@ -58,8 +58,9 @@ def test_up_runs_everything_embedded_and_stops_without_orphans(tmp_path: Path) -
         children = psutil.Process(process.pid).children(recursive=True)
         assert len(children) >= 5  # momento-local, receiver, worker, beat, flower (+ pool, stores)
         probe = Celery("probe", broker=EmbeddedBroker(tmp_path / "home").running_url())
-        try:  # `up` reports ready only once its workers consume
-            replies = probe.control.ping(timeout=1.0)
+        try:  # `up` reports ready only once its workers consume (5 s: Flower's start-up
+            # inspections, answered first, can hold the reply up on a busy box)
+            replies = probe.control.ping(timeout=5.0)
         finally:
             probe.close()
         assert any(name.startswith("worker1@") for reply in replies for name in reply), replies

@@ -16,7 +16,6 @@ import pytest
 from celery import Celery
 from sqlalchemy import create_engine, text
 
-from pipeline.services import EmbeddedBroker
 from pipeline.signing import sign
 from tests.conftest import embedded_env, wait_for
 
@@ -57,10 +56,12 @@ def test_up_runs_everything_embedded_and_stops_without_orphans(tmp_path: Path) -
         assert any(line.startswith("flower ") and "login admin / " in line for line in lines)
         children = psutil.Process(process.pid).children(recursive=True)
         assert len(children) >= 5  # momento-local, receiver, worker, beat, flower (+ pool, stores)
-        probe = Celery("probe", broker=EmbeddedBroker(tmp_path / "home").running_url())
-        try:  # `up` reports ready only once its workers consume (5 s: Flower's start-up
-            # inspections, answered first, can hold the reply up on a busy box)
-            replies = probe.control.ping(timeout=5.0)
+        broker = next(line.split()[1] for line in lines if line.startswith("broker "))
+        probe = Celery("probe")
+        # Celery prefers $CELERY_BROKER_URL (the test session's broker) to an argument.
+        probe.conf.broker_read_url = probe.conf.broker_write_url = broker
+        try:  # `up` reports ready only once its workers consume
+            replies = probe.control.ping(timeout=1.0)
         finally:
             probe.close()
         assert any(name.startswith("worker1@") for reply in replies for name in reply), replies

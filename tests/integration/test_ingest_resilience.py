@@ -297,6 +297,27 @@ def unacked_messages(settings: Settings) -> int:
         client.close()
 
 
+def kill_holding_a_batch(worker: WorkerProcess, settings: Settings, timeout_s: float = 30) -> int:
+    """SIGKILL ``worker`` at a moment it holds a batch it has not acked; return how many it held.
+
+    The main process (which acks) is stopped first, so the count cannot change before the kill;
+    if it holds none, it runs on a few ms and is tried again.
+    """
+    assert worker.process is not None
+    pid = worker.process.pid
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        os.kill(pid, signal.SIGSTOP)
+        held = unacked_messages(settings)
+        if held:
+            worker.kill()
+            return held
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.005)
+    worker.kill()
+    return 0
+
+
 class ReceiverProcess:
     """`pipeline receiver` in a subprocess (uvloop, as deployed): load from this process gets a
     core of its own instead of sharing the GIL with an in-process receiver."""
@@ -356,8 +377,7 @@ def test_worker_killed_mid_load_loses_and_duplicates_nothing_acked(
     sender = threading.Thread(target=load)
     sender.start()
     assert wait_for(lambda: count_rows(db, "SELECT count(*) FROM events") >= 2_000, 60)
-    first.kill()
-    stranded = unacked_messages(db)
+    stranded = kill_holding_a_batch(first, db)
     stored_at_kill = count_rows(db, "SELECT count(*) FROM events")
     # Takes over the queue at once, and the dead worker's unacked batches once they are older
     # than the visibility timeout (10 s here; workers scan for such messages every 10 s).

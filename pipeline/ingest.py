@@ -160,18 +160,18 @@ def _json_value(value: object) -> str:
     raise TypeError(f"cannot store {type(value).__name__} as JSON")
 
 
-def insert_events(session: Executor, rows: list[dict[str, Any]], result: StoreResult) -> None:
+def insert_events(conn: Executor, rows: list[dict[str, Any]], result: StoreResult) -> None:
     """INSERT … ON CONFLICT DO NOTHING; rows already stored count as duplicates."""
     if not rows:
         return
     payload = json.dumps(rows, default=_json_value, separators=(",", ":"))
-    inserted = session.execute(_insert_from_json(tuple(rows[0])), {"rows": payload}).all()
+    inserted = conn.execute(_insert_from_json(tuple(rows[0])), {"rows": payload}).all()
     result.count(len(rows), inserted)
 
 
-def dead_letter(session: Executor, kind: str, reason: str, payload: dict[str, Any]) -> None:
+def dead_letter(conn: Executor, kind: str, reason: str, payload: dict[str, Any]) -> None:
     """Keep input that no retry can fix, with the reason."""
-    session.execute(insert(DeadLetter).values(kind=kind, reason=reason[:2000], payload=payload))
+    conn.execute(insert(DeadLetter).values(kind=kind, reason=reason[:2000], payload=payload))
 
 
 class RowsRefused(Exception):
@@ -183,7 +183,7 @@ class BatchStoredBefore(Exception):
 
 
 def write_batch(
-    session: Executor,
+    conn: Executor,
     rows: list[dict[str, Any]],
     cursors: list[dict[str, Any]],
     batch_id: str | None,
@@ -201,7 +201,7 @@ def write_batch(
         "rows": json.dumps(rows, default=_json_value, separators=(",", ":")),
     }
     try:
-        found = session.execute(_write_batch(columns), params).all()
+        found = conn.execute(_write_batch(columns), params).all()
     except (DataError, IntegrityError) as exc:
         raise RowsRefused(str(exc.orig)) from exc
     if batch_id is not None and not found[0].claimed:
@@ -209,7 +209,7 @@ def write_batch(
     result.count(len(rows), [row for row in found if row.id is not None])
 
 
-def insert_isolated(session: Executor, rows: list[dict[str, Any]], result: StoreResult) -> None:
+def insert_isolated(conn: Executor, rows: list[dict[str, Any]], result: StoreResult) -> None:
     """Insert rows one by one, each in a savepoint; dead-letter those Postgres refuses.
 
     The slow path of a batch holding a value no validation foresaw: without it that batch would
@@ -217,11 +217,11 @@ def insert_isolated(session: Executor, rows: list[dict[str, Any]], result: Store
     """
     for row in rows:
         try:
-            with session.begin_nested():
-                insert_events(session, [row], result)
+            with conn.begin_nested():
+                insert_events(conn, [row], result)
         except (DataError, IntegrityError) as exc:
             payload = {k: v for k, v in row.items() if k in ("cache", "topic", "raw_body")}
-            dead_letter(session, "ingest", str(exc.orig), payload)
+            dead_letter(conn, "ingest", str(exc.orig), payload)
             result.dead += 1
 
 
@@ -231,13 +231,13 @@ _CLAIM_BATCH = text(
 )  # plain text: building the ORM construct per batch costs ~1 ms of CPU
 
 
-def claim_batch(session: Executor, batch_id: str) -> bool:
+def claim_batch(conn: Executor, batch_id: str) -> bool:
     """Record that this transaction stores batch ``batch_id``; False if it was stored before."""
-    return session.execute(_CLAIM_BATCH, {"task_id": batch_id}).first() is not None
+    return conn.execute(_CLAIM_BATCH, {"task_id": batch_id}).first() is not None
 
 
 def store_webhook_batch(
-    session: Executor,
+    conn: Executor,
     items: Sequence[RawItem],
     policy: SequencePolicy,
     batch_id: str | None = None,
@@ -252,18 +252,18 @@ def store_webhook_batch(
     rows are inserted one by one and refused ones dead-lettered.
     """
     result = StoreResult()
-    if isolate and batch_id is not None and not claim_batch(session, batch_id):
+    if isolate and batch_id is not None and not claim_batch(conn, batch_id):
         raise BatchStoredBefore(batch_id)
     rows, poison = webhook_rows(items)
     for item, reason in poison:
         kept = list(item) if isinstance(item, list) else repr(item)
-        dead_letter(session, "ingest", reason, {"item": kept})
+        dead_letter(conn, "ingest", reason, {"item": kept})
         result.dead += 1
-    rows, result.sequence = sequence_rows(session, rows, policy, save=isolate)
+    rows, result.sequence = sequence_rows(conn, rows, policy, save=isolate)
     if isolate:
-        insert_isolated(session, rows, result)
+        insert_isolated(conn, rows, result)
     else:
-        write_batch(session, rows, result.sequence.cursors, batch_id, result)
+        write_batch(conn, rows, result.sequence.cursors, batch_id, result)
     return result
 
 
@@ -276,11 +276,11 @@ def store_batch(
     """
     try:
         try:
-            with transaction(settings) as session:
-                return store_webhook_batch(session, items, policy, batch_id)
+            with transaction(settings) as conn:
+                return store_webhook_batch(conn, items, policy, batch_id)
         except RowsRefused as exc:
             logger.warning("batch refused, isolating rows count=%d error=%s", len(items), exc)
-        with transaction(settings) as session:
-            return store_webhook_batch(session, items, policy, batch_id, isolate=True)
+        with transaction(settings) as conn:
+            return store_webhook_batch(conn, items, policy, batch_id, isolate=True)
     except BatchStoredBefore:
         return StoreResult(replayed=True)

@@ -199,11 +199,10 @@ class Publisher:
 
     # -- one row ------------------------------------------------------------------------------
 
-    def mark_sent(self, conn: Connection, ids: list[int]) -> None:
-        """Mark rows sent (by an ordered sender) in one statement, and forget them."""
+    def mark_sent(self, conn: Connection, ids: Sequence[int]) -> None:
+        """Mark rows sent (by an ordered sender) in one statement."""
         if ids:
             conn.execute(MARK_SENT, {"p_sent": list(ids)})
-            ids.clear()
 
     def _attempt(self, conn: Connection, row: Any) -> SendReport:
         """Send one row that is this caller's alone and record the outcome through ``conn``."""

@@ -80,7 +80,7 @@ _LOCK_CURSORS = text(
 )  # plain text, one statement whatever the number of topics (a VALUES list compiles per batch)
 
 
-def lock_cursors(session: Executor, keys: Iterable[TopicKey]) -> dict[TopicKey, TopicCursor]:
+def lock_cursors(conn: Executor, keys: Iterable[TopicKey]) -> dict[TopicKey, TopicCursor]:
     """Create missing cursor rows and lock all of them, in key order (no deadlocks).
 
     One statement: ``INSERT … ON CONFLICT DO UPDATE`` (a no-op update) locks each existing row as
@@ -94,12 +94,12 @@ def lock_cursors(session: Executor, keys: Iterable[TopicKey]) -> dict[TopicKey, 
         "topics": [t for _, t in ordered],
         "state": json.dumps(TopicCursor().to_json()),
     }
-    rows = session.execute(_LOCK_CURSORS, params).all()
+    rows = conn.execute(_LOCK_CURSORS, params).all()
     return {(r.cache, r.topic): TopicCursor.from_json(r.state) for r in rows}
 
 
 def sequence_rows(
-    session: Executor, rows: list[dict[str, Any]], policy: SequencePolicy, *, save: bool = True
+    conn: Executor, rows: list[dict[str, Any]], policy: SequencePolicy, *, save: bool = True
 ) -> tuple[list[dict[str, Any]], SequenceReport]:
     """Classify a batch's event rows in arrival order; return the rows worth storing.
 
@@ -112,7 +112,7 @@ def sequence_rows(
     by_topic: dict[TopicKey, list[int]] = defaultdict(list)
     for index, row in enumerate(rows):
         by_topic[(row["cache"], row["topic"])].append(index)
-    cursors = lock_cursors(session, by_topic)
+    cursors = lock_cursors(conn, by_topic)
     keep = [True] * len(rows)
     for key, indexes in by_topic.items():
         deliveries = [
@@ -132,7 +132,7 @@ def sequence_rows(
                 row = rows[int(outcome.event_id)]
                 if outcome.kind is Kind.DUPLICATE:
                     keep[int(outcome.event_id)] = False
-                    _record_duplicate(session, key, outcome, row["received_at"])
+                    _record_duplicate(conn, key, outcome, row["received_at"])
                     report.duplicates += 1
                     continue
                 stale = outcome.kind is Kind.STALE
@@ -140,9 +140,9 @@ def sequence_rows(
                 row["arrival"] = outcome.kind.value
                 report.late += outcome.kind is Kind.LATE
                 report.resets += outcome.kind is Kind.RESET
-        _record_gaps(session, key, outcomes, now_ms, report)
+        _record_gaps(conn, key, outcomes, now_ms, report)
         if save:
-            _save(session, key, cursor, now_ms)
+            _save(conn, key, cursor, now_ms)
         else:
             report.cursors.append(
                 {"cache": key[0], "topic": key[1], "state": cursor.to_json(), "newest": now_ms}
@@ -151,14 +151,14 @@ def sequence_rows(
     return [row for row, kept in zip(rows, keep, strict=True) if kept], report
 
 
-def tick(session: Executor, policy: SequencePolicy, now_ms: int | None = None) -> SequenceReport:
+def tick(conn: Executor, policy: SequencePolicy, now_ms: int | None = None) -> SequenceReport:
     """Declare gaps whose reorder window has passed, on topics no batch is sequencing right now.
 
     Topics locked by an ingest transaction are skipped: that batch declares their gaps itself.
     """
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     report = SequenceReport()
-    rows = session.execute(
+    rows = conn.execute(
         select(TopicCursorRow.cache, TopicCursorRow.topic, TopicCursorRow.state)
         .order_by(TopicCursorRow.cache, TopicCursorRow.topic)
         .with_for_update(skip_locked=True)
@@ -169,16 +169,16 @@ def tick(session: Executor, policy: SequencePolicy, now_ms: int | None = None) -
         if advanced == cursor:
             continue
         key = (row.cache, row.topic)
-        _record_gaps(session, key, outcomes, now_ms, report)
-        _save(session, key, advanced, None)
+        _record_gaps(conn, key, outcomes, now_ms, report)
+        _save(conn, key, advanced, None)
         report.topics.add(key)
     return report
 
 
 def _record_duplicate(
-    session: Executor, key: TopicKey, outcome: Classified, received_at: datetime
+    conn: Executor, key: TopicKey, outcome: Classified, received_at: datetime
 ) -> None:
-    session.execute(
+    conn.execute(
         insert(DuplicateDelivery).values(
             cache=key[0],
             topic=key[1],
@@ -190,7 +190,7 @@ def _record_duplicate(
 
 
 def _record_gaps(
-    session: Executor,
+    conn: Executor,
     key: TopicKey,
     outcomes: list[Outcome],
     now_ms: int,
@@ -199,7 +199,7 @@ def _record_gaps(
     cache, topic = key
     for outcome in outcomes:
         if isinstance(outcome, GapDeclaredLost):
-            session.execute(
+            conn.execute(
                 insert(LostRange).values(
                     cache=cache,
                     topic=topic,
@@ -211,14 +211,14 @@ def _record_gaps(
             )
             report.lost += outcome.last - outcome.first + 1
         elif isinstance(outcome, GapFilled):
-            _unlose(session, key, outcome)
+            _unlose(conn, key, outcome)
             report.filled += 1
 
 
-def _unlose(session: Executor, key: TopicKey, filled: GapFilled) -> None:
+def _unlose(conn: Executor, key: TopicKey, filled: GapFilled) -> None:
     """Remove one number from the lost range holding it (splitting the range if needed)."""
     cache, topic = key
-    found = session.execute(
+    found = conn.execute(
         select(LostRange.id, LostRange.first_seq, LostRange.last_seq, LostRange.declared_at)
         .where(
             LostRange.cache == cache,
@@ -233,10 +233,10 @@ def _unlose(session: Executor, key: TopicKey, filled: GapFilled) -> None:
         logger.warning("filled number not in a lost range topic=%s seq=%d", topic, filled.seq)
         return
     pieces = [(found.first_seq, filled.seq - 1), (filled.seq + 1, found.last_seq)]
-    session.execute(delete(LostRange).where(LostRange.id == found.id))
+    conn.execute(delete(LostRange).where(LostRange.id == found.id))
     for first, last in pieces:
         if first <= last:
-            session.execute(
+            conn.execute(
                 insert(LostRange).values(
                     cache=cache,
                     topic=topic,
@@ -248,13 +248,13 @@ def _unlose(session: Executor, key: TopicKey, filled: GapFilled) -> None:
             )
 
 
-def _save(session: Executor, key: TopicKey, cursor: TopicCursor, newest_ms: int | None) -> None:
+def _save(conn: Executor, key: TopicKey, cursor: TopicCursor, newest_ms: int | None) -> None:
     values: dict[str, Any] = {"state": cursor.to_json(), "updated_at": datetime.now(UTC)}
     if newest_ms is not None:
         values["newest_received_at"] = func.greatest(
             TopicCursorRow.newest_received_at, _at(newest_ms)
         )
-    session.execute(
+    conn.execute(
         update(TopicCursorRow)
         .where(TopicCursorRow.cache == key[0], TopicCursorRow.topic == key[1])
         .values(**values)

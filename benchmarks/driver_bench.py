@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.e2e_latency import free_port, port_open, wait_until
 
 ROUTES = """
 [[routes]]
@@ -52,9 +55,7 @@ def main(batches: int, batch_size: int, warmup: int, added_rtt_ms: float) -> Non
     home = Path(tempfile.mkdtemp(prefix="driver-bench-"))
     routes = home / "routes.toml"
     routes.write_text(ROUTES)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     serve = ["emulator", "--port", str(port), "--no-admin", "--idle-reset-s", "0"]
     emulator = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", *serve, "--cache", "bench"],
@@ -71,21 +72,11 @@ def main(batches: int, batch_size: int, warmup: int, added_rtt_ms: float) -> Non
                 "PIPELINE_PUBLISH_RATE_PER_S": "100000",
             }
             migrate.upgrade(Settings())
-            wait_for_port(port)
+            wait_until(lambda: port_open(port), 30, "the local Momento server")
             measure(batches, batch_size, warmup, added_rtt_ms)
     finally:
         emulator.terminate()
         emulator.wait(20)
-
-
-def wait_for_port(port: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"the local Momento server did not come up within {timeout_s:g} s")
 
 
 def measure(batches: int, batch_size: int, warmup: int, added_rtt_ms: float) -> None:

@@ -113,9 +113,14 @@ class RedisPush:
             return int(await self._client.lpush(self.key, message))
         pipe = self._client.pipeline(transaction=True)
         pipe.lpush(self.key, message)
-        ingest_ledger.record(pipe, task_id, message, int(time.time() * 1000))
+        ingest_ledger.record(pipe, task_id, message, self.oldest_received_ms(items))
         results = await pipe.execute()
         return int(results[0])
+
+    @staticmethod
+    def oldest_received_ms(items: Sequence[Item]) -> int:
+        """When the batch's oldest item was received: items are ``[body, received ms]``."""
+        return min((int(item[1]) for item in items), default=int(time.time() * 1000))
 
     async def aclose(self) -> None:
         """Close the connection pool."""

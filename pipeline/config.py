@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     pipeline_visibility_timeout_s: int = Field(default=900, ge=10)
     pipeline_ingest_task_events: bool = False
     pipeline_reorder_window_s: float = Field(default=2.0, ge=0)
+    pipeline_backlog_hold_s: float = Field(default=30.0, ge=0)
     pipeline_reset_idle_s: float = Field(default=1.0, gt=0)
     pipeline_rollup_window_s: int = Field(default=60, ge=1)
     pipeline_retention_days: float = Field(default=7.0, gt=0)

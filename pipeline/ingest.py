@@ -243,13 +243,15 @@ def store_webhook_batch(
     batch_id: str | None = None,
     *,
     isolate: bool = False,
+    horizon_ms: int | None = None,
 ) -> StoreResult:
     """Store and sequence a receiver batch exactly once in effect; returns what was new.
 
     ``batch_id`` (the Celery task id) makes a redelivered batch a no-op, so its deliveries are not
     counted again as duplicates by the sequencer: BatchStoredBefore is raised (the transaction
     must roll back). RowsRefused is raised if Postgres refuses a row, unless ``isolate``: then
-    rows are inserted one by one and refused ones dead-lettered.
+    rows are inserted one by one and refused ones dead-lettered. ``horizon_ms`` goes to
+    ``sequence_rows``.
     """
     result = StoreResult()
     if isolate and batch_id is not None and not claim_batch(conn, batch_id):
@@ -259,7 +261,7 @@ def store_webhook_batch(
         kept = list(item) if isinstance(item, list) else repr(item)
         dead_letter(conn, "ingest", reason, {"item": kept})
         result.dead += 1
-    rows, result.sequence = sequence_rows(conn, rows, policy, save=isolate)
+    rows, result.sequence = sequence_rows(conn, rows, policy, save=isolate, horizon_ms=horizon_ms)
     if isolate:
         insert_isolated(conn, rows, result)
     else:
@@ -268,7 +270,11 @@ def store_webhook_batch(
 
 
 def store_batch(
-    settings: Settings, items: Sequence[RawItem], policy: SequencePolicy, batch_id: str | None
+    settings: Settings,
+    items: Sequence[RawItem],
+    policy: SequencePolicy,
+    batch_id: str | None,
+    horizon_ms: int | None = None,
 ) -> StoreResult:
     """``store_webhook_batch`` in its own transaction; redone row by row if a row is refused.
 
@@ -277,10 +283,12 @@ def store_batch(
     try:
         try:
             with transaction(settings) as conn:
-                return store_webhook_batch(conn, items, policy, batch_id)
+                return store_webhook_batch(conn, items, policy, batch_id, horizon_ms=horizon_ms)
         except RowsRefused as exc:
             logger.warning("batch refused, isolating rows count=%d error=%s", len(items), exc)
         with transaction(settings) as conn:
-            return store_webhook_batch(conn, items, policy, batch_id, isolate=True)
+            return store_webhook_batch(
+                conn, items, policy, batch_id, isolate=True, horizon_ms=horizon_ms
+            )
     except BatchStoredBefore:
         return StoreResult(replayed=True)

@@ -9,13 +9,17 @@ ingest queue looks every few seconds for batches still in the ledger after the v
 timeout (lost, or still waiting or running after that long) and pushes them onto the queue again.
 A batch that arrives twice is harmless: the ingest task claims batches by task id, so the second
 copy stores nothing and only hands its events over again.
+
+The ledger also tells the sequencer which deliveries are still on their way: a gap is not
+declared lost while a batch received before its reorder window closed waits to be stored
+(``sequencing_horizon``), so a backlog of ingest tasks reads as late, not as lost messages.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import redis
 from celery import bootsteps
@@ -25,7 +29,8 @@ logger = logging.getLogger(__name__)
 MESSAGES = "pipeline:ingest:ledger"
 """Hash: task id → the broker message as pushed."""
 PUSHED_AT = "pipeline:ingest:ledger:pushed"
-"""Sorted set: task id → when it was (last) pushed, in ms since the epoch."""
+"""Sorted set: task id → when its oldest delivery was received (when it was last pushed again),
+in ms since the epoch."""
 
 
 def applies_to(broker: str) -> bool:
@@ -34,10 +39,21 @@ def applies_to(broker: str) -> bool:
     return broker.startswith(("redis://", "rediss://"))
 
 
-def record(pipe: Any, task_id: str, message: bytes, now_ms: int) -> None:
-    """Add a pushed batch to the ledger (commands queued on the receiver's MULTI pipeline)."""
+def record(pipe: Any, task_id: str, message: bytes, received_ms: int) -> None:
+    """Add a pushed batch, whose oldest delivery was received at ``received_ms``, to the ledger
+    (commands queued on the receiver's MULTI pipeline)."""
     pipe.hset(MESSAGES, task_id, message)
-    pipe.zadd(PUSHED_AT, {task_id: now_ms})
+    pipe.zadd(PUSHED_AT, {task_id: received_ms})
+
+
+def oldest_unstored_ms(client: redis.Redis, other_than: str | None = None) -> int | None:
+    """When the oldest delivery of any batch still in the ledger (but ``other_than``) was
+    received; None if there is none."""
+    oldest: list[tuple[bytes, float]] = cast(Any, client.zrange(PUSHED_AT, 0, 1, withscores=True))
+    for task_id, score in oldest:
+        if task_id.decode() != other_than:
+            return int(score)
+    return None
 
 
 def settle(client: redis.Redis, task_id: str) -> None:
@@ -51,6 +67,13 @@ def settle(client: redis.Redis, task_id: str) -> None:
 _clients: dict[str, redis.Redis] = {}
 
 
+def _client(broker: str) -> redis.Redis:
+    client = _clients.get(broker)
+    if client is None:
+        client = _clients[broker] = redis.Redis.from_url(broker, socket_timeout=5)
+    return client
+
+
 def settle_stored(broker: str, task_id: str) -> None:
     """``settle`` through this process's client for a Redis ``broker`` (nothing for others).
 
@@ -59,13 +82,31 @@ def settle_stored(broker: str, task_id: str) -> None:
     """
     if not applies_to(broker):
         return
-    client = _clients.get(broker)
-    if client is None:
-        client = _clients[broker] = redis.Redis.from_url(broker, socket_timeout=5)
     try:
-        settle(client, task_id)
+        settle(_client(broker), task_id)
     except redis.RedisError as exc:
         logger.warning("ingest ledger not updated task=%s error=%r", task_id, exc)
+
+
+def sequencing_horizon(
+    broker: str, hold_s: float, other_than: str | None = None, now_ms: int | None = None
+) -> int | None:
+    """How far gap declarations may go (``pipeline.sequencing``'s ``horizon_ms``): when the
+    oldest delivery of a batch received but not yet stored (but ``other_than``, the one being
+    stored) arrived, held back at most ``hold_s``; None when nothing is pending, the broker
+    keeps no ledger, or it cannot be read (declarations then follow the clock alone).
+    """
+    if not applies_to(broker):
+        return None
+    try:
+        oldest = oldest_unstored_ms(_client(broker), other_than)
+    except redis.RedisError as exc:
+        logger.warning("ingest ledger not read error=%r", exc)
+        return None
+    if oldest is None:
+        return None
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return max(oldest, now_ms - int(hold_s * 1000))
 
 
 def resend_stranded(client: redis.Redis, queue: str, older_than_s: float) -> int:

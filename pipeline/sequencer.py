@@ -99,14 +99,20 @@ def lock_cursors(conn: Executor, keys: Iterable[TopicKey]) -> dict[TopicKey, Top
 
 
 def sequence_rows(
-    conn: Executor, rows: list[dict[str, Any]], policy: SequencePolicy, *, save: bool = True
+    conn: Executor,
+    rows: list[dict[str, Any]],
+    policy: SequencePolicy,
+    *,
+    save: bool = True,
+    horizon_ms: int | None = None,
 ) -> tuple[list[dict[str, Any]], SequenceReport]:
     """Classify a batch's event rows in arrival order; return the rows worth storing.
 
     Each row gains ``epoch`` and ``arrival``; duplicates are recorded, not returned; gaps that the
     reorder window closes are recorded as lost ranges. Must run inside the storing transaction.
     ``save=False`` leaves writing the locked cursors to the caller (``report.cursors``), so that
-    it can write them in the statement that stores the events.
+    it can write them in the statement that stores the events. ``horizon_ms``: when the oldest
+    delivery not yet stored was received (``ingest_ledger.sequencing_horizon``), if known.
     """
     report = SequenceReport()
     by_topic: dict[TopicKey, list[int]] = defaultdict(list)
@@ -126,7 +132,7 @@ def sequence_rows(
             for i in indexes
         ]
         now_ms = max(d.received_ts_ms for d in deliveries)
-        cursor, outcomes = advance(cursors[key], deliveries, now_ms, policy)
+        cursor, outcomes = advance(cursors[key], deliveries, now_ms, policy, horizon_ms)
         for outcome in outcomes:
             if isinstance(outcome, Classified):
                 row = rows[int(outcome.event_id)]
@@ -151,10 +157,16 @@ def sequence_rows(
     return [row for row, kept in zip(rows, keep, strict=True) if kept], report
 
 
-def tick(conn: Executor, policy: SequencePolicy, now_ms: int | None = None) -> SequenceReport:
+def tick(
+    conn: Executor,
+    policy: SequencePolicy,
+    now_ms: int | None = None,
+    horizon_ms: int | None = None,
+) -> SequenceReport:
     """Declare gaps whose reorder window has passed, on topics no batch is sequencing right now.
 
     Topics locked by an ingest transaction are skipped: that batch declares their gaps itself.
+    ``horizon_ms`` as in ``sequence_rows``.
     """
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     report = SequenceReport()
@@ -165,7 +177,7 @@ def tick(conn: Executor, policy: SequencePolicy, now_ms: int | None = None) -> S
     ).all()
     for row in rows:
         cursor = TopicCursor.from_json(row.state)
-        advanced, outcomes = advance(cursor, [], now_ms, policy)
+        advanced, outcomes = advance(cursor, [], now_ms, policy, horizon_ms)
         if advanced == cursor:
             continue
         key = (row.cache, row.topic)

@@ -36,7 +36,10 @@ retires the previous epoch: its open gaps are declared lost, its page is remembe
 `now_ms` promises that every delivery received before it has been fed (pass the received_at of
 the newest stored event, or the wall clock when caught up). Kept, it makes the result independent
 of how deliveries are split into calls. `advance(cursor, [], now_ms, policy)` only declares
-expired gaps.
+expired gaps. When deliveries are stored by parallel workers the promise can fail: a batch
+received earlier may still be queued. `horizon_ms`, the receive time of the oldest delivery not
+yet fed (None: none known), then holds declarations back: a gap is due only once
+min(clock, horizon) reaches noticed + `reorder_window_ms`, so a backlog is not mistaken for loss.
 """
 
 from __future__ import annotations
@@ -153,14 +156,19 @@ Outcome = Classified | GapOpened | GapDeclaredLost | GapFilled
 
 
 def advance(
-    cursor: TopicCursor, deliveries: Iterable[Delivery], now_ms: int, policy: SequencePolicy
+    cursor: TopicCursor,
+    deliveries: Iterable[Delivery],
+    now_ms: int,
+    policy: SequencePolicy,
+    horizon_ms: int | None = None,
 ) -> tuple[TopicCursor, list[Outcome]]:
-    """Feed deliveries (in arrival order) to a topic's cursor, then declare gaps expired by now_ms.
+    """Feed deliveries (in arrival order) to a topic's cursor, then declare gaps expired by now_ms
+    (and, if given, by ``horizon_ms``: see the module docstring).
 
     Returns the new cursor and the outcomes in order: per delivery a Classified, preceded by
     declarations that came due and followed by the gap events it caused.
     """
-    run = _Run(cursor, policy)
+    run = _Run(cursor, policy, horizon_ms)
     for delivery in deliveries:
         run.feed(delivery)
     run.tick(now_ms)
@@ -229,8 +237,11 @@ def _find_range(ranges: list[tuple[int, int]], seq: int) -> int | None:
 class _Run:
     """One `advance` call: the working state, the outcomes so far, and the rules."""
 
-    def __init__(self, cursor: TopicCursor, policy: SequencePolicy) -> None:
+    def __init__(
+        self, cursor: TopicCursor, policy: SequencePolicy, horizon_ms: int | None = None
+    ) -> None:
         self.policy = policy
+        self.horizon_ms = horizon_ms
         self.current = _Open(cursor.current) if cursor.current else None
         self.previous = _Open(cursor.previous) if cursor.previous else None
         self.retired = list(cursor.retired_pages)
@@ -349,11 +360,12 @@ class _Run:
     def _expire(self, epoch: _Open) -> None:
         """Declare lost the lowest open gaps while their window has passed."""
         p, pending = self.policy, epoch.pending
+        now = self.clock_ms if self.horizon_ms is None else min(self.clock_ms, self.horizon_ms)
         done = 0
         while done < len(pending):
             gap = pending[done]
             due = (
-                self.clock_ms >= gap.noticed_ms + p.reorder_window_ms
+                now >= gap.noticed_ms + p.reorder_window_ms
                 or (
                     p.reorder_window_count is not None
                     and epoch.highest >= gap.last + p.reorder_window_count

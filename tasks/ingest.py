@@ -13,7 +13,7 @@ from pipeline.celery_app import app, broker_url
 from pipeline.config import get_settings
 from pipeline.dispatch import hand_over
 from pipeline.ingest import store_batch
-from pipeline.ingest_ledger import settle_stored
+from pipeline.ingest_ledger import sequencing_horizon, settle_stored
 from pipeline.sequencer import policy_from
 from tasks.workflows import drive_here, run_here, serves_workflows
 
@@ -46,8 +46,11 @@ def _ingest_events(**_: Any) -> None:
 def store_webhooks(self: Task, items: list[list[Any]]) -> dict[str, int]:
     """Store one batch of ``[raw body, received ms]`` items; retried while Postgres is down."""
     settings = get_settings()
-    result = store_batch(settings, items, policy_from(settings), self.request.id)
-    settle_stored(broker_url(settings), self.request.id)  # stored: off the receiver's ledger
+    broker = broker_url(settings)
+    # Batches received earlier but still queued (a backlog) keep their gaps open meanwhile.
+    horizon = sequencing_horizon(broker, settings.pipeline_backlog_hold_s, self.request.id)
+    result = store_batch(settings, items, policy_from(settings), self.request.id, horizon)
+    settle_stored(broker, self.request.id)  # stored: off the receiver's ledger
     # After the commit, events go to the workflow stage: a worker that also serves the workflows
     # queue runs them itself, saving a broker hop and a task; a dedicated one hands them over.
     here = serves_workflows()

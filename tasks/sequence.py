@@ -5,9 +5,10 @@ from __future__ import annotations
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from pipeline.celery_app import app
+from pipeline.celery_app import app, broker_url
 from pipeline.config import get_settings
 from pipeline.db import session_scope
+from pipeline.ingest_ledger import sequencing_horizon
 from pipeline.sequencer import policy_from, tick
 
 logger = get_task_logger(__name__)
@@ -25,8 +26,9 @@ logger = get_task_logger(__name__)
 def sequence_tick() -> dict[str, int]:
     """Advance every idle topic's cursor to now; return how many numbers were declared lost."""
     settings = get_settings()
+    horizon = sequencing_horizon(broker_url(settings), settings.pipeline_backlog_hold_s)
     with session_scope(settings) as session:
-        report = tick(session, policy_from(settings))
+        report = tick(session, policy_from(settings), horizon_ms=horizon)
     if report.lost or report.filled:
         logger.info("tick topics=%d lost=%d", len(report.topics), report.lost)
     return {"topics": len(report.topics), "lost": report.lost}

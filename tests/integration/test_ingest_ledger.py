@@ -1,5 +1,6 @@
 """The ingest ledger on a real broker: a batch taken from the queue by a worker that died before
-recording it is pushed again and stored; stored batches leave the ledger."""
+recording it is pushed again and stored; stored batches leave the ledger; a batch still waiting
+to be stored keeps the sequencer from declaring its numbers lost."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import redis
 from pipeline import ingest_ledger
 from pipeline.batcher import INGEST_QUEUE, redis_sender
 from pipeline.config import Settings
+from pipeline.ingest import store_batch
+from pipeline.sequencing import SequencePolicy
 from tests.conftest import WorkerProcess, count_rows, signed_webhook, wait_for
 
 
@@ -72,3 +75,53 @@ def test_a_batch_lost_between_queue_and_worker_is_stored_after_the_visibility_ti
     assert wait_for(lambda: client.zcard(ingest_ledger.PUSHED_AT) == 0, 10)
     assert client.llen(INGEST_QUEUE) == 0
     client.close()
+
+
+def test_a_batch_waiting_in_the_ledger_holds_its_gap_open_until_stored(db: Settings) -> None:
+    assert db.celery_broker_url is not None
+    broker = db.celery_broker_url
+    client = redis.Redis.from_url(broker)
+    policy = SequencePolicy(reorder_window_ms=2_000)
+    t0 = int(time.time() * 1000) - 10_000
+    lost = "SELECT count(*) FROM lost_ranges"
+
+    def store(task_id: str, seq: int, received_ms: int) -> None:
+        horizon = ingest_ledger.sequencing_horizon(broker, 30.0, task_id)
+        store_batch(db, [[signed_webhook(seq, publish_ms=t0)[0].decode(), received_ms]],
+                    policy, task_id, horizon)  # fmt: skip
+
+    pipe = client.pipeline()  # number 2 was received at t0, its batch is still queued
+    ingest_ledger.record(pipe, "queued", b"message", t0)
+    pipe.execute()
+    store("b1", 1, t0)
+    store("b3", 3, t0)  # the gap at 2 opens at t0
+    store("b4", 4, t0 + 5_000)  # well past the window: a clock alone would declare 2 lost
+    assert count_rows(db, lost) == 0
+    assert ingest_ledger.sequencing_horizon(broker, 30.0, "queued") is None  # only itself
+    ingest_ledger.settle(client, "queued")  # stored elsewhere, say, without number 2 after all
+    store("b5", 5, t0 + 6_000)
+    assert count_rows(db, "SELECT count(*) FROM lost_ranges WHERE first_seq = 2") == 1
+    client.close()
+
+
+def test_the_horizon_is_the_oldest_pending_delivery_held_back_at_most_hold_s(
+    redis_url: str,
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.delete(ingest_ledger.MESSAGES, ingest_ledger.PUSHED_AT)
+    now_ms = int(time.time() * 1000)
+    assert ingest_ledger.sequencing_horizon(redis_url, 30.0, now_ms=now_ms) is None
+    pipe = client.pipeline()
+    ingest_ledger.record(pipe, "older", b"m", now_ms - 5_000)
+    ingest_ledger.record(pipe, "newer", b"m", now_ms - 1_000)
+    pipe.execute()
+    try:
+        assert ingest_ledger.sequencing_horizon(redis_url, 30.0, now_ms=now_ms) == now_ms - 5_000
+        horizon = ingest_ledger.sequencing_horizon(redis_url, 30.0, "older", now_ms=now_ms)
+        assert horizon == now_ms - 1_000  # the batch being stored does not hold itself back
+        assert ingest_ledger.sequencing_horizon(redis_url, 2.0, now_ms=now_ms) == now_ms - 2_000
+        assert ingest_ledger.sequencing_horizon("amqp://guest@localhost//", 30.0) is None
+    finally:
+        for task_id in ("older", "newer"):
+            ingest_ledger.settle(client, task_id)
+        client.close()

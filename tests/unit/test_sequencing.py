@@ -123,6 +123,18 @@ def test_empty_advance_is_a_beat_that_only_declares_expired_gaps() -> None:
     assert later.clock_ms == T0 + 10_000
 
 
+def test_a_horizon_holds_declarations_back_until_it_passes_the_window_too() -> None:
+    cursor, _ = run(dv(1, 0), dv(3, 20))  # the gap at 2 opens at T0 + 25
+    backlog = T0 + 100  # a delivery received then is not stored yet
+    held, out = advance(cursor, [dv(4, 30, rx=9_000)], T0 + 9_000, POLICY, horizon_ms=backlog)
+    assert not any(isinstance(o, GapDeclaredLost) for o in out)
+    assert held.clock_ms == T0 + 9_000  # the clock moves on; only declaring waits
+    _, out = advance(held, [], T0 + 9_000, POLICY, horizon_ms=T0 + 25 + 2_000)
+    assert out == [GapDeclaredLost(1, 2, 2)]
+    _, out = advance(held, [dv(2, 10, rx=9_100)], T0 + 9_100, POLICY, horizon_ms=T0 + 9_100)
+    assert kinds(out) == [(1, 2, Kind.LATE)]  # it was on its way: late, never lost
+
+
 def test_clock_never_moves_back() -> None:
     cursor, _ = run(dv(1, 0), now=500)
     cursor, _ = advance(cursor, [], T0 + 100, POLICY)

@@ -70,6 +70,9 @@ def test_ordered_route_relays_in_sequence_order_despite_reordered_duplicated_del
     routes_file(stack.routes_path.parent, uppercase_routes(cache))
     stack.hook(cache, "topic 1")
     emu.set_faults(cache, "topic 1", reorder_window=5, duplicate=0.3)
+    # Nothing is lost, so no gap waits out the window; a long one keeps a loaded machine from
+    # stretching the reordering past it, which would turn it into a declared loss.
+    stack.env["PIPELINE_REORDER_WINDOW_S"] = "30"
     stack.workers(3, "-c", "2")
     texts = [f"message {i}" for i in range(1, 61)]
     with subscribed(emu, cache, "topic 2") as subscriber:

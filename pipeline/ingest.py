@@ -20,7 +20,7 @@ from pipeline.db import Executor, transaction
 from pipeline.errors import MalformedBody
 from pipeline.events import parse_webhook, subscription_key, webhook_key
 from pipeline.models import DeadLetter, Event, EventSource, IngestBatch
-from pipeline.sequencer import SequenceReport, sequence_rows
+from pipeline.sequencer import Horizon, SequenceReport, sequence_rows
 from pipeline.sequencing import SequencePolicy
 
 logger = logging.getLogger(__name__)
@@ -243,14 +243,14 @@ def store_webhook_batch(
     batch_id: str | None = None,
     *,
     isolate: bool = False,
-    horizon_ms: int | None = None,
+    horizon: Horizon | None = None,
 ) -> StoreResult:
     """Store and sequence a receiver batch exactly once in effect; returns what was new.
 
     ``batch_id`` (the Celery task id) makes a redelivered batch a no-op, so its deliveries are not
     counted again as duplicates by the sequencer: BatchStoredBefore is raised (the transaction
     must roll back). RowsRefused is raised if Postgres refuses a row, unless ``isolate``: then
-    rows are inserted one by one and refused ones dead-lettered. ``horizon_ms`` goes to
+    rows are inserted one by one and refused ones dead-lettered. ``horizon`` goes to
     ``sequence_rows``.
     """
     result = StoreResult()
@@ -261,7 +261,7 @@ def store_webhook_batch(
         kept = list(item) if isinstance(item, list) else repr(item)
         dead_letter(conn, "ingest", reason, {"item": kept})
         result.dead += 1
-    rows, result.sequence = sequence_rows(conn, rows, policy, save=isolate, horizon_ms=horizon_ms)
+    rows, result.sequence = sequence_rows(conn, rows, policy, save=isolate, horizon=horizon)
     if isolate:
         insert_isolated(conn, rows, result)
     else:
@@ -274,7 +274,7 @@ def store_batch(
     items: Sequence[RawItem],
     policy: SequencePolicy,
     batch_id: str | None,
-    horizon_ms: int | None = None,
+    horizon: Horizon | None = None,
 ) -> StoreResult:
     """``store_webhook_batch`` in its own transaction; redone row by row if a row is refused.
 
@@ -283,12 +283,10 @@ def store_batch(
     try:
         try:
             with transaction(settings) as conn:
-                return store_webhook_batch(conn, items, policy, batch_id, horizon_ms=horizon_ms)
+                return store_webhook_batch(conn, items, policy, batch_id, horizon=horizon)
         except RowsRefused as exc:
             logger.warning("batch refused, isolating rows count=%d error=%s", len(items), exc)
         with transaction(settings) as conn:
-            return store_webhook_batch(
-                conn, items, policy, batch_id, isolate=True, horizon_ms=horizon_ms
-            )
+            return store_webhook_batch(conn, items, policy, batch_id, isolate=True, horizon=horizon)
     except BatchStoredBefore:
         return StoreResult(replayed=True)

@@ -9,11 +9,12 @@ and whichever of them crashes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,9 @@ from pipeline.sequencing import (
 logger = logging.getLogger(__name__)
 
 TopicKey = tuple[str, str]
+Horizon = Callable[[], int | None]
+"""Reads sequencing's ``horizon_ms`` (``ingest_ledger.sequencing_horizon``): called only when a
+topic would declare a gap lost, so the common batch pays no extra round trip."""
 
 
 def policy_from(settings: Settings) -> SequencePolicy:
@@ -104,17 +108,18 @@ def sequence_rows(
     policy: SequencePolicy,
     *,
     save: bool = True,
-    horizon_ms: int | None = None,
+    horizon: Horizon | None = None,
 ) -> tuple[list[dict[str, Any]], SequenceReport]:
     """Classify a batch's event rows in arrival order; return the rows worth storing.
 
     Each row gains ``epoch`` and ``arrival``; duplicates are recorded, not returned; gaps that the
     reorder window closes are recorded as lost ranges. Must run inside the storing transaction.
     ``save=False`` leaves writing the locked cursors to the caller (``report.cursors``), so that
-    it can write them in the statement that stores the events. ``horizon_ms``: when the oldest
-    delivery not yet stored was received (``ingest_ledger.sequencing_horizon``), if known.
+    it can write them in the statement that stores the events. ``horizon`` may hold back
+    declaring gaps lost (see ``Horizon``).
     """
     report = SequenceReport()
+    horizon = functools.cache(horizon) if horizon is not None else None
     by_topic: dict[TopicKey, list[int]] = defaultdict(list)
     for index, row in enumerate(rows):
         by_topic[(row["cache"], row["topic"])].append(index)
@@ -132,7 +137,7 @@ def sequence_rows(
             for i in indexes
         ]
         now_ms = max(d.received_ts_ms for d in deliveries)
-        cursor, outcomes = advance(cursors[key], deliveries, now_ms, policy, horizon_ms)
+        cursor, outcomes = _advance(cursors[key], deliveries, now_ms, policy, horizon)
         for outcome in outcomes:
             if isinstance(outcome, Classified):
                 row = rows[int(outcome.event_id)]
@@ -161,14 +166,15 @@ def tick(
     conn: Executor,
     policy: SequencePolicy,
     now_ms: int | None = None,
-    horizon_ms: int | None = None,
+    horizon: Horizon | None = None,
 ) -> SequenceReport:
     """Declare gaps whose reorder window has passed, on topics no batch is sequencing right now.
 
     Topics locked by an ingest transaction are skipped: that batch declares their gaps itself.
-    ``horizon_ms`` as in ``sequence_rows``.
+    ``horizon`` as in ``sequence_rows``.
     """
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    horizon = functools.cache(horizon) if horizon is not None else None
     report = SequenceReport()
     rows = conn.execute(
         select(TopicCursorRow.cache, TopicCursorRow.topic, TopicCursorRow.state)
@@ -177,7 +183,7 @@ def tick(
     ).all()
     for row in rows:
         cursor = TopicCursor.from_json(row.state)
-        advanced, outcomes = advance(cursor, [], now_ms, policy, horizon_ms)
+        advanced, outcomes = _advance(cursor, [], now_ms, policy, horizon)
         if advanced == cursor:
             continue
         key = (row.cache, row.topic)
@@ -185,6 +191,20 @@ def tick(
         _save(conn, key, advanced, None)
         report.topics.add(key)
     return report
+
+
+def _advance(
+    cursor: TopicCursor,
+    deliveries: list[Delivery],
+    now_ms: int,
+    policy: SequencePolicy,
+    horizon: Horizon | None,
+) -> tuple[TopicCursor, list[Outcome]]:
+    """``advance``; redone with the horizon if it declared a gap lost (advance is pure)."""
+    advanced, outcomes = advance(cursor, deliveries, now_ms, policy)
+    if horizon is not None and any(isinstance(o, GapDeclaredLost) for o in outcomes):
+        advanced, outcomes = advance(cursor, deliveries, now_ms, policy, horizon())
+    return advanced, outcomes
 
 
 def _record_duplicate(

@@ -47,10 +47,13 @@ def store_webhooks(self: Task, items: list[list[Any]]) -> dict[str, int]:
     """Store one batch of ``[raw body, received ms]`` items; retried while Postgres is down."""
     settings = get_settings()
     broker = broker_url(settings)
-    # Batches received earlier but still queued (a backlog) keep their gaps open meanwhile.
-    horizon = sequencing_horizon(broker, settings.pipeline_backlog_hold_s, self.request.id)
-    result = store_batch(settings, items, policy_from(settings), self.request.id, horizon)
-    settle_stored(broker, self.request.id)  # stored: off the receiver's ledger
+    hold_s, batch_id = settings.pipeline_backlog_hold_s, self.request.id
+
+    def horizon() -> int | None:  # batches received earlier but still queued keep gaps open
+        return sequencing_horizon(broker, hold_s, batch_id)
+
+    result = store_batch(settings, items, policy_from(settings), batch_id, horizon)
+    settle_stored(broker, batch_id)  # stored: off the receiver's ledger
     # After the commit, events go to the workflow stage: a worker that also serves the workflows
     # queue runs them itself, saving a broker hop and a task; a dedicated one hands them over.
     here = serves_workflows()

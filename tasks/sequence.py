@@ -26,9 +26,11 @@ logger = get_task_logger(__name__)
 def sequence_tick() -> dict[str, int]:
     """Advance every idle topic's cursor to now; return how many numbers were declared lost."""
     settings = get_settings()
-    horizon = sequencing_horizon(broker_url(settings), settings.pipeline_backlog_hold_s)
+    broker, hold_s = broker_url(settings), settings.pipeline_backlog_hold_s
     with session_scope(settings) as session:
-        report = tick(session, policy_from(settings), horizon_ms=horizon)
+        report = tick(
+            session, policy_from(settings), horizon=lambda: sequencing_horizon(broker, hold_s)
+        )
     if report.lost or report.filled:
         logger.info("tick topics=%d lost=%d", len(report.topics), report.lost)
     return {"topics": len(report.topics), "lost": report.lost}

@@ -86,7 +86,9 @@ def test_a_batch_waiting_in_the_ledger_holds_its_gap_open_until_stored(db: Setti
     lost = "SELECT count(*) FROM lost_ranges"
 
     def store(task_id: str, seq: int, received_ms: int) -> None:
-        horizon = ingest_ledger.sequencing_horizon(broker, 30.0, task_id)
+        def horizon() -> int | None:
+            return ingest_ledger.sequencing_horizon(broker, 30.0, task_id)
+
         store_batch(db, [[signed_webhook(seq, publish_ms=t0)[0].decode(), received_ms]],
                     policy, task_id, horizon)  # fmt: skip
 

@@ -72,11 +72,6 @@ def _never_ran() -> Any:
     return ~exists().where(WorkflowRun.route == _ROUTE, WorkflowRun.event_id == Event.id)
 
 
-def _late_ids(cursor: Any) -> Any:
-    """The ids of ``_late_filter(cursor)``, as one array (NULL if none)."""
-    return select(func.array_agg(Event.id)).where(_late_filter(cursor)).scalar_subquery()
-
-
 def _late_filter(cursor: Any) -> Any:
     """Of the events ``p_ids``, those behind ``cursor`` that never ran (they came too late)."""
     behind = or_(
@@ -122,14 +117,12 @@ def _peek_statement() -> Any:
         .scalar_subquery(),
         False,
     )
-    late = _late_ids(cursor)
     return (
         select(
             cursor,
             func.now().label("now"),
             TopicCursorRow.state,
             pending.label("pending"),
-            late.label("late"),
             *(column.label(f"e_{column.name}") for column in following.c),
         )
         .select_from(cursor)
@@ -203,18 +196,21 @@ def _late_statement() -> Any:
 
 
 PEEK = _peek_statement()
-LOCK_OR_LATE = select(
+LOCK_OR_POSITION = select(
     case(
         (func.pg_try_advisory_lock(lock_id(bindparam("p_key"))), None),
         else_=func.coalesce(
-            _late_ids(select(RouteCursor).where(_THIS).subquery("cursor")),
+            select(array([RouteCursor.epoch, RouteCursor.seq, RouteCursor.event_id]))
+            .where(_THIS)
+            .scalar_subquery(),
             cast(array([]), ARRAY(BigInteger)),
         ),
-    ).label("late")
+    ).label("cursor")
 )
-"""Take a topic's driver lock (``late`` is NULL), or else find which of ``p_ids`` came too late
-to run in order (an array): one round trip for an ingest task that finds the topic busy. The
-late query runs only if the lock is taken by another."""
+"""Take a topic's driver lock (``cursor`` is NULL), or else read where its cursor stands
+(``[epoch, seq, event_id]``, empty if it has none), so an ingest task that finds the topic busy
+learns in one round trip whether any of its new events may have come too late. The cursor is
+read only if the lock is taken by another."""
 MARK_SENT = (
     update(OutboxMessage)
     .where(OutboxMessage.id.in_(bindparam("p_sent", expanding=True)))

@@ -30,7 +30,7 @@ from pipeline.errors import MalformedBody
 from pipeline.events import parse_webhook, webhook_key
 from pipeline.ingest import StoreResult
 from pipeline.models import Event, RouteCursor, TopicCursorRow, WorkflowRun
-from pipeline.ordering import late_events, topic_key
+from pipeline.ordering import Places, late_events, topic_key
 from pipeline.publisher import try_lock, unlock
 from pipeline.routes import Route, RouteTable, routes_for
 from pipeline.runner import INLINE_BUDGET_S
@@ -46,8 +46,9 @@ DISPATCHED = Counter(
     "pipeline_workflow_dispatches", "Workflow runs handed over, by kind.", ["kind"]
 )
 
-Drive = Callable[[Route, str, str, list[int]], int]
-"""Runs an ordered topic's released events here: (route, cache, topic, new event ids) -> ran."""
+Drive = Callable[[Route, str, str, list[int], Places], int]
+"""Runs an ordered topic's released events here: (route, cache, topic, new event ids, where
+they stand) -> ran."""
 Run = Callable[[str, int], None]
 """Runs one event of an unordered route here: (route name, event id)."""
 
@@ -120,7 +121,7 @@ def dispatch_stored(
     ]
     if ordered and drive is not None:
         for route, (cache, topic) in ordered:
-            drive(route, cache, topic, by_topic[(cache, topic)])
+            drive(route, cache, topic, by_topic[(cache, topic)], result.places)
             inline += 1
     elif ordered:
         with engine.connect() as raw:

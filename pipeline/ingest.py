@@ -34,6 +34,8 @@ class StoreResult:
     """What one batch did: new rows, duplicates ignored, poison set aside."""
 
     new_ids: list[int] = field(default_factory=list)
+    places: dict[int, tuple[int | None, int]] = field(default_factory=dict)
+    """Where each new event stands in its topic: (epoch, sequence number)."""
     topics: set[tuple[str, str]] = field(default_factory=set)
     duplicates: int = 0
     dead: int = 0
@@ -41,8 +43,9 @@ class StoreResult:
     sequence: SequenceReport = field(default_factory=SequenceReport)
 
     def count(self, offered: int, inserted: Sequence[Any]) -> None:
-        """Add inserted rows (``id, cache, topic``); the rest of ``offered`` were stored before."""
+        """Add inserted rows (``RETURNING``); the rest of ``offered`` were stored before."""
         self.new_ids.extend(row.id for row in inserted)
+        self.places.update((row.id, (row.epoch, row.topic_sequence_number)) for row in inserted)
         self.topics.update((row.cache, row.topic) for row in inserted)
         self.duplicates += offered - len(inserted)
 
@@ -105,6 +108,10 @@ def subscription_row(
     }
 
 
+_RETURNED = "id, cache, topic, epoch, topic_sequence_number"
+"""What inserting events returns: what ``StoreResult.count`` keeps of them."""
+
+
 @lru_cache(maxsize=8)
 def _insert_from_json(columns: tuple[str, ...]) -> TextClause:
     """``INSERT … SELECT … FROM json_to_recordset(:rows) ON CONFLICT DO NOTHING``.
@@ -123,7 +130,7 @@ def _insert_from_json(columns: tuple[str, ...]) -> TextClause:
         f"INSERT INTO events ({names}) SELECT {names} "
         f"FROM json_to_recordset(CAST(:rows AS json)) AS r({record}) "
         "ON CONFLICT ON CONSTRAINT uq_events_cache_topic_idempotency_key DO NOTHING "
-        "RETURNING id, cache, topic"
+        f"RETURNING {_RETURNED}"
     )
 
 
@@ -135,7 +142,7 @@ def _write_batch(columns: tuple[str, ...]) -> TextClause:
     claimed before (a redelivery) is rolled back by the caller after this statement reports it.
     Saves three round trips per batch over separate statements.
     """
-    insert = _insert_from_json(columns).text.removesuffix(" RETURNING id, cache, topic")
+    insert = _insert_from_json(columns).text.removesuffix(f" RETURNING {_RETURNED}")
     return text(
         "WITH claim AS ("
         f" INSERT INTO {IngestBatch.__tablename__} (task_id)"
@@ -148,8 +155,8 @@ def _write_batch(columns: tuple[str, ...]) -> TextClause:
         " FROM json_to_recordset(CAST(:cursors AS json))"
         " AS c(cache text, topic text, state jsonb, newest bigint)"
         " WHERE t.cache = c.cache AND t.topic = c.topic"
-        f"), stored AS ({insert} RETURNING id, cache, topic) "
-        "SELECT (SELECT count(*) FROM claim) AS claimed, stored.id, stored.cache, stored.topic "
+        f"), stored AS ({insert} RETURNING {_RETURNED}) "
+        "SELECT (SELECT count(*) FROM claim) AS claimed, stored.* "
         "FROM (SELECT 1) AS one LEFT JOIN stored ON true"
     )
 

@@ -10,7 +10,7 @@ its outbox rows and the cursor's move committed in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,7 +27,7 @@ from pipeline.cursor_sql import (
     INFLIGHT,
     LATE,
     LOAD,
-    LOCK_OR_LATE,
+    LOCK_OR_POSITION,
     MOVE,
     PEEK,
     PEEK_AND_MARK,
@@ -72,7 +72,6 @@ class Peek:
     now: datetime
     events: tuple[EventRow, ...]
     pending: bool = False
-    late: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,15 +109,14 @@ def peek(
     route: str,
     cache: str,
     topic: str,
-    late_of: Sequence[int] = (),
     mark_sent: Sequence[int] = (),
 ) -> Peek | None:
     """In one query: the cursor, the events after it that the sequencer releases (up to
-    PEEK_AHEAD), whether the topic has outbox rows pending, and which of ``late_of`` came too
-    late to run in order. None if the cursor does not exist yet. Outbox rows ``mark_sent`` are
-    marked sent on the way (``pending`` does not see that yet)."""
+    PEEK_AHEAD) and whether the topic has outbox rows pending. None if the cursor does not exist
+    yet. Outbox rows ``mark_sent`` are marked sent on the way (``pending`` does not see that
+    yet)."""
     key = topic_key(route, cache, topic)
-    params = _here(route, cache, topic) | {"p_key": key, "p_ids": list(late_of)}
+    params = _here(route, cache, topic) | {"p_key": key}
     if mark_sent:
         rows = conn.execute(PEEK_AND_MARK, params | {"p_sent": list(mark_sent)}).all()
     else:
@@ -145,7 +143,6 @@ def peek(
         row.now,
         tuple(events),
         bool(row.pending),
-        tuple(row.late or ()),
     )
 
 
@@ -200,6 +197,25 @@ def hold_for_retry(conn: Connection, route: str, event: Any, delay_s: float) -> 
     conn.execute(HOLD, _here(route, event.cache, event.topic) | {"p_delay_s": delay_s})
 
 
+Places = Mapping[int, tuple[int | None, int]]
+"""Where new events stand in their topic: event id -> (epoch, sequence number)."""
+
+
+def late_candidates(ids: Sequence[int], places: Places, cursor: Position) -> list[int]:
+    """Of ``ids``, those that may have come too late for a cursor at ``cursor``: behind it, or
+    of a place not known here. The rest lie ahead of the cursor, so it will run them in order.
+
+    Knowing the places (from the batch's INSERT … RETURNING) saves asking Postgres about events
+    that are plainly ahead, the usual case; ``late_events`` decides about the rest.
+    """
+    found = []
+    for event_id in ids:
+        epoch, seq = places.get(event_id, (None, 0))
+        if epoch is None or (epoch, seq, event_id) <= cursor:
+            found.append(event_id)
+    return found
+
+
 def late_events(conn: Connection, route: str, cache: str, topic: str, ids: list[int]) -> list[int]:
     """Of ``ids``, the topic's events the cursor already passed without running them.
 
@@ -207,17 +223,33 @@ def late_events(conn: Connection, route: str, cache: str, topic: str, ids: list[
     redelivered after the reorder window) cannot run in order any more; it runs late instead of
     never.
     """
+    if not ids:
+        return []
     return list(conn.execute(LATE, _here(route, cache, topic) | {"p_ids": ids}).scalars())
 
 
 def lock_or_late(
-    conn: Connection, route: str, cache: str, topic: str, ids: list[int]
+    conn: Connection,
+    route: str,
+    cache: str,
+    topic: str,
+    ids: list[int],
+    places: Places | None = None,
 ) -> tuple[bool, list[int]]:
-    """Try the topic's driver lock; if it is taken, also return ``late_events(ids)``."""
+    """Try the topic's driver lock; if it is taken, also return ``late_events(ids)``.
+
+    One round trip, unless some of ``ids`` may lie behind the cursor (see ``late_candidates``).
+    """
     key = topic_key(route, cache, topic)
-    params = _here(route, cache, topic) | {"p_key": key, "p_ids": ids}
-    late = conn.execute(LOCK_OR_LATE, params).scalar_one()
-    return late is None, sorted(late or ())
+    params = _here(route, cache, topic) | {"p_key": key}
+    cursor = conn.execute(LOCK_OR_POSITION, params).scalar_one()
+    if cursor is None:
+        return True, []
+    if not cursor:  # the route has no cursor of the topic yet: it will run them all in order
+        return False, []
+    epoch, seq, event_id = cursor
+    candidates = late_candidates(ids, places or {}, (epoch, seq, event_id))
+    return False, sorted(late_events(conn, route, cache, topic, candidates))
 
 
 def load_event(conn: Connection, event_id: int) -> Any | None:

@@ -218,13 +218,15 @@ class WorkflowRunner:
         topic: str,
         new_ids: list[int] | None = None,
         budget_s: float = DRIVE_BUDGET_S,
+        places: ordering.Places | None = None,
     ) -> int:
         """Run a topic's released events in order while this process holds the topic's lock.
 
         Returns how many ran; past ``budget_s`` the topic goes on in an ``advance`` task. After
         letting the lock go it looks once more for work, so an event released while it was
         finishing is never left waiting for the periodic sweep. Of ``new_ids``, those the cursor
-        already passed (they arrived too late) run on their own.
+        already passed (they arrived too late) run on their own; ``places``, where new events
+        stand if known, spares asking about those plainly ahead of the cursor.
         """
         key = ordering.topic_key(route.name, cache, topic)
         ran = 0
@@ -232,7 +234,9 @@ class WorkflowRunner:
             conn = raw.execution_options(isolation_level="AUTOCOMMIT")
             while True:
                 if new_ids:  # lock, or the late ones of new_ids, in one round trip
-                    locked, late = ordering.lock_or_late(conn, route.name, cache, topic, new_ids)
+                    locked, late = ordering.lock_or_late(
+                        conn, route.name, cache, topic, new_ids, places
+                    )
                     if not locked:
                         dispatch_late(self.app, conn, route.name, late)
                         return ran
@@ -241,7 +245,8 @@ class WorkflowRunner:
                 deadline = time.monotonic() + budget_s
                 self.sender.begin()
                 try:
-                    ran += self._drive_locked(conn, route, cache, topic, new_ids or [], deadline)
+                    new = (new_ids or [], places or {})
+                    ran += self._drive_locked(conn, route, cache, topic, new, deadline)
                 finally:
                     try:
                         self._settle_sends(conn, key)
@@ -261,16 +266,15 @@ class WorkflowRunner:
         route: Route,
         cache: str,
         topic: str,
-        late_of: Sequence[int] = (),
         mark_sent: Sequence[int] = (),
     ) -> tuple[Sequence[Any], ordering.Peek]:
         """The events to run now, in order (a stalled canvas's alone, to restart; none if none
         may run), and the cursor they were found at. ``mark_sent``: outbox rows to mark sent in
         the same statement."""
-        at = ordering.peek(conn, route.name, cache, topic, late_of, mark_sent)
+        at = ordering.peek(conn, route.name, cache, topic, mark_sent)
         if at is None:
             ordering.ensure_cursor(conn, route.name, cache, topic)
-            at = ordering.peek(conn, route.name, cache, topic, late_of)
+            at = ordering.peek(conn, route.name, cache, topic)
             assert at is not None
         if at.inflight_event_id is not None:
             since = at.inflight_since or at.now
@@ -289,18 +293,21 @@ class WorkflowRunner:
         route: Route,
         cache: str,
         topic: str,
-        new_ids: list[int],
+        new: tuple[list[int], ordering.Places],
         deadline: float,
     ) -> int:
         """Run released events under the lock, their rows sent by ``self.sender`` meanwhile.
 
         Each peek brings the next few released events; each commit (and peek) marks the rows
-        sent since the previous one.
+        sent since the previous one. ``new``: the ids of events just stored and their places;
+        those the cursor already passed run late.
         """
         ran = 0
         is_task = resolve_workflow(route.workflow).is_task
-        rows, at = self._next(conn, route, cache, topic, new_ids)
-        dispatch_late(self.app, conn, route.name, at.late)
+        rows, at = self._next(conn, route, cache, topic)
+        candidates = ordering.late_candidates(*new, (at.epoch, at.seq, at.event_id))
+        late = ordering.late_events(conn, route.name, cache, topic, candidates)
+        dispatch_late(self.app, conn, route.name, late)
         if at.pending:  # leftovers: a crash, a late run or a replay left rows to send first
             key = ordering.topic_key(route.name, cache, topic)
             self._sent(self.publisher.flush_key(conn, key))

@@ -16,6 +16,7 @@ from pipeline.config import get_settings
 from pipeline.db import get_engine
 from pipeline.dispatch import sweep as sweep_stalled
 from pipeline.errors import RoutesError
+from pipeline.ordering import Places
 from pipeline.publisher import Publisher
 from pipeline.routes import Route, routes_for
 from pipeline.runner import INLINE_BUDGET_S, Mode, WorkflowRunner
@@ -74,9 +75,9 @@ def serves_workflows() -> bool:
     return "workflows" in app.amqp.queues.consume_from
 
 
-def drive_here(route: Route, cache: str, topic: str, new_ids: list[int]) -> int:
+def drive_here(route: Route, cache: str, topic: str, new_ids: list[int], places: Places) -> int:
     """Drive an ordered topic in this process right after its events were stored (no hop)."""
-    return runner().drive_topic(route, cache, topic, new_ids, budget_s=INLINE_BUDGET_S)
+    return runner().drive_topic(route, cache, topic, new_ids, INLINE_BUDGET_S, places)
 
 
 def run_here(route: str, event_id: int) -> None:

@@ -44,6 +44,10 @@ def test_a_busy_topic_reports_which_new_events_came_too_late(db: Settings) -> No
         other = other.execution_options(isolation_level="AUTOCOMMIT")
         assert try_lock(holder, key)  # a driver is at work
         assert ordering.lock_or_late(other, "r", "c", "t", [behind, ahead]) == (False, [behind])
+        # Knowing where the new events stand changes nothing but the questions asked.
+        places = {behind: (1, 3), ahead: (1, 9)}
+        found = ordering.lock_or_late(other, "r", "c", "t", [behind, ahead], places)
+        assert found == (False, [behind])
         unlock(holder, key)
         assert ordering.lock_or_late(other, "r", "c", "t", [behind, ahead]) == (True, [])
         assert not try_lock(holder, key)  # the second call took the lock

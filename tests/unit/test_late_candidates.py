@@ -1,0 +1,26 @@
+"""Which new events a driver must ask Postgres about: those that may lie behind its cursor."""
+
+from __future__ import annotations
+
+from pipeline.ordering import late_candidates
+
+CURSOR = (2, 10, 500)  # epoch 2, sequence number 10, passed at event 500
+
+
+def test_events_ahead_of_the_cursor_need_no_question() -> None:
+    places = {601: (2, 11), 602: (2, 12), 603: (3, 1)}
+    assert late_candidates([601, 602, 603], places, CURSOR) == []
+
+
+def test_events_behind_or_at_the_cursor_are_candidates() -> None:
+    places = {601: (2, 9), 602: (1, 40), 603: (2, 11), 500: (2, 10)}
+    assert late_candidates([601, 602, 603, 500], places, CURSOR) == [601, 602, 500]
+
+
+def test_the_same_number_as_the_cursor_orders_by_event_id() -> None:
+    # A second event with the cursor's number: after the cursor's own event by id, so ahead.
+    assert late_candidates([499, 501], {499: (2, 10), 501: (2, 10)}, CURSOR) == [499]
+
+
+def test_events_of_unknown_place_or_without_an_epoch_are_candidates() -> None:
+    assert late_candidates([601, 602], {602: (None, 3)}, CURSOR) == [601, 602]

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Text,
     Update,
     and_,
     bindparam,
@@ -55,6 +56,17 @@ EVENT_COLUMNS = (
     Event.token_id,
     Event.received_at,
 )
+
+PEEK_CURSOR_COLUMNS = (
+    "epoch",
+    "seq",
+    "event_id",
+    "inflight_event_id",
+    "inflight_since",
+    "attempts",
+    "retry_at",
+)
+"""The route cursor's columns a peek returns, first in each row (``ordering.Peek`` takes them)."""
 
 _ROUTE: Any = bindparam("p_route")
 _CACHE: Any = bindparam("p_cache")
@@ -117,11 +129,13 @@ def _peek_statement() -> Any:
         .scalar_subquery(),
         False,
     )
+    # Every row repeats the cursor's columns: only those a driver reads, the topic's state as
+    # text (parsed once, not once per row), and the event's columns last, in EVENT_COLUMNS order.
     return (
         select(
-            cursor,
+            *(cursor.c[name] for name in PEEK_CURSOR_COLUMNS),
             func.now().label("now"),
-            TopicCursorRow.state,
+            cast(TopicCursorRow.state, Text).label("state"),
             pending.label("pending"),
             *(column.label(f"e_{column.name}") for column in following.c),
         )

@@ -10,6 +10,7 @@ its outbox rows and the cursor's move committed in one transaction.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +23,6 @@ from sqlalchemy import (
 
 from pipeline.cursor_sql import (
     ENSURE,
-    EVENT_COLUMNS,
     HOLD,
     INFLIGHT,
     LATE,
@@ -31,6 +31,7 @@ from pipeline.cursor_sql import (
     MOVE,
     PEEK,
     PEEK_AND_MARK,
+    PEEK_CURSOR_COLUMNS,
     POSITION,
 )
 from pipeline.topic_cursor import TopicCursor
@@ -126,12 +127,11 @@ def peek(
     row = rows[0]
     events: list[EventRow] = []
     if row.e_id is not None:
-        state = TopicCursor.from_json(row.state) if row.state is not None else None
+        state = TopicCursor.from_json(json.loads(row.state)) if row.state is not None else None
         for following in rows:  # in order; the first one held back holds back the rest
             if not releasable(state, following.e_epoch, following.e_topic_sequence_number):
                 break
-            values = (getattr(following, f"e_{column.name}") for column in EVENT_COLUMNS)
-            events.append(EventRow(*values))
+            events.append(EventRow(*following[_EVENT_AT:]))
     return Peek(
         row.epoch,
         row.seq,
@@ -144,6 +144,10 @@ def peek(
         tuple(events),
         bool(row.pending),
     )
+
+
+_EVENT_AT = len(PEEK_CURSOR_COLUMNS) + 3  # now, state, pending
+"""Where a peek row's event columns start (see ``cursor_sql._peek_statement``)."""
 
 
 Position = tuple[int, int, int]

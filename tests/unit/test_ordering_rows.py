@@ -1,4 +1,4 @@
-"""Which new events a driver must ask Postgres about: those that may lie behind its cursor."""
+"""Pure parts of the ordered driver: which new events may be late, and how peek rows map."""
 
 from __future__ import annotations
 
@@ -24,3 +24,13 @@ def test_the_same_number_as_the_cursor_orders_by_event_id() -> None:
 
 def test_events_of_unknown_place_or_without_an_epoch_are_candidates() -> None:
     assert late_candidates([601, 602], {602: (None, 3)}, CURSOR) == [601, 602]
+
+
+def test_a_peek_row_lines_up_with_the_peek_and_event_fields() -> None:
+    from dataclasses import fields
+
+    from pipeline.cursor_sql import EVENT_COLUMNS, PEEK_CURSOR_COLUMNS
+    from pipeline.ordering import EventRow, Peek
+
+    assert tuple(f.name for f in fields(Peek))[: len(PEEK_CURSOR_COLUMNS)] == PEEK_CURSOR_COLUMNS
+    assert tuple(f.name for f in fields(EventRow)) == tuple(c.name for c in EVENT_COLUMNS)

@@ -298,9 +298,9 @@ class WorkflowRunner:
     ) -> int:
         """Run released events under the lock, their rows sent by ``self.sender`` meanwhile.
 
-        Each peek brings the next few released events; each commit (and peek) marks the rows
-        sent since the previous one. ``new``: the ids of events just stored and their places;
-        those the cursor already passed run late.
+        Each peek brings the next few released events; each commit marks the rows sent since
+        the previous one, and each peek after the first all the rows sent so far. ``new``: the
+        ids of events just stored and their places; those the cursor already passed run late.
         """
         ran = 0
         is_task = resolve_workflow(route.workflow).is_task
@@ -322,7 +322,9 @@ class WorkflowRunner:
                 since = (row.epoch, row.topic_sequence_number, row.id)
                 if time.monotonic() >= deadline:
                     return ran
-            rows, at = self._next(conn, route, cache, topic, mark_sent=self.sender.sent())
+            # Wait for the sends first: if this peek finds nothing more, the turn ends with
+            # every row marked here, and settling it needs no statement of its own.
+            rows, at = self._next(conn, route, cache, topic, mark_sent=self.sender.wait())
         return ran
 
     def _settle_sends(self, conn: Connection, key: str) -> None:

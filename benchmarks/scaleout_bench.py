@@ -207,6 +207,9 @@ def run_once(args: argparse.Namespace, workers: int) -> Result:
                 "PIPELINE_ROUTES": str(routes),
                 # Bodies are signed just before sending; a slow run must not turn them stale.
                 "PIPELINE_REPLAY_WINDOW_S": "3600",
+                # The global outbound limit (default 100/s, a Momento quota) would be the
+                # bottleneck measured, not the pipeline.
+                "PIPELINE_PUBLISH_RATE_PER_S": str(args.publish_rate),
             }
             python = [sys.executable, "-m", "pipeline.cli"]
             emu_argv = [*python, "emulator", "--port", str(emu_port), "--no-admin"]
@@ -362,6 +365,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32, help="client connections")
     parser.add_argument("--sample", type=int, default=10, help="outbound topics subscribed")
     parser.add_argument("--timeout", type=float, default=600, help="s to wait for each stage")
+    parser.add_argument(
+        "--publish-rate", type=float, default=5000, help="PIPELINE_PUBLISH_RATE_PER_S (ops/s)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep-home", action="store_true", help="keep each run's PIPELINE_HOME")
     return parser.parse_args()

@@ -1,9 +1,11 @@
 """An ordered topic's driver lock, the late events an ingest task must run when it is busy, and
-what a driver's peek and cursor moves see."""
+what a driver's peek, cursor moves and turns do."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any, cast
 
 from sqlalchemy import Connection, text
 
@@ -11,7 +13,9 @@ from pipeline import ordering
 from pipeline.config import Settings
 from pipeline.db import get_engine
 from pipeline.outbox import commit_result
-from pipeline.publisher import try_lock, unlock
+from pipeline.publisher import Publisher, try_lock, unlock
+from pipeline.routes import load_routes
+from pipeline.runner import WorkflowRunner
 from pipeline.sequencing import Delivery, SequencePolicy, advance
 from pipeline.topic_cursor import TopicCursor
 
@@ -104,3 +108,50 @@ def test_a_cursor_move_reports_the_events_it_passes_over_without_running_them(
     assert committed.skipped == [skipped]
     assert committed.pending == []
     assert tuple(cursor) == (4, target)
+
+
+class SentTasks:
+    """Stands in for the Celery app where a driver only sends tasks: records them."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, tuple[Any, ...]]] = []
+
+    def send_task(self, name: str, args: tuple[Any, ...] = (), **_: Any) -> None:
+        self.sent.append((name, tuple(args)))
+
+
+def test_a_driver_runs_what_lies_ahead_in_order_and_hands_over_what_came_too_late(
+    db: Settings, tmp_path: Path
+) -> None:
+    engine = get_engine(db)
+    with engine.begin() as conn:
+        ids = {seq: stored_event(conn, seq) for seq in range(1, 7)}
+        sequenced(conn, *range(1, 7))
+        ordering.ensure_cursor(conn, "r", "c", "t")
+        conn.execute(
+            text("UPDATE route_cursors SET epoch = 1, seq = 5, event_id = :id"), {"id": ids[5]}
+        )
+        for seq in (1, 2, 4, 5):  # 3 was declared lost, then stored after the cursor passed it
+            conn.execute(
+                text(
+                    "INSERT INTO workflow_runs (route, event_id, status) VALUES ('r', :id, 'done')"
+                ),
+                {"id": ids[seq]},
+            )
+    routes = tmp_path / "routes.toml"
+    routes.write_text(
+        '[[routes]]\nname = "r"\ncache = "c"\ntopic = "t"\n'
+        'workflow = "tasks.examples:uppercase"\nordered = true\n'
+    )
+    table = load_routes(routes)
+    app = SentTasks()
+    runner = WorkflowRunner(db, engine, table, cast(Any, app), Publisher(db, engine))
+    new = [ids[3], ids[6]]
+    ran = runner.drive_topic(table.get("r"), "c", "t", new, 1.0, {ids[3]: (1, 3), ids[6]: (1, 6)})
+    with engine.connect() as conn:
+        cursor = conn.execute(text("SELECT seq, event_id FROM route_cursors")).one()
+        runs = dict(conn.execute(text("SELECT event_id, status FROM workflow_runs")).all())
+    assert ran == 1  # number 6, in order
+    assert tuple(cursor) == (6, ids[6])
+    assert app.sent == [("tasks.workflows.run", ("r", ids[3], "single"))]  # 3 runs late
+    assert (runs[ids[3]], runs[ids[6]]) == ("running", "done")

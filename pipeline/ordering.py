@@ -221,7 +221,7 @@ def late_candidates(ids: Sequence[int], places: Places, cursor: Position) -> lis
 
 
 def late_events(conn: Connection, route: str, cache: str, topic: str, ids: list[int]) -> list[int]:
-    """Of ``ids``, the topic's events the cursor already passed without running them.
+    """Of ``ids``, the topic's events the cursor already passed without running them, by id.
 
     A number the sequencer declared lost that arrives after all (a crashed worker's batch,
     redelivered after the reorder window) cannot run in order any more; it runs late instead of
@@ -230,6 +230,19 @@ def late_events(conn: Connection, route: str, cache: str, topic: str, ids: list[
     if not ids:
         return []
     return list(conn.execute(LATE, _here(route, cache, topic) | {"p_ids": ids}).scalars())
+
+
+def late_behind(
+    conn: Connection,
+    route: str,
+    cache: str,
+    topic: str,
+    ids: Sequence[int],
+    places: Places,
+    cursor: Position,
+) -> list[int]:
+    """``late_events`` of ``ids``, asking Postgres only about the ``late_candidates``."""
+    return late_events(conn, route, cache, topic, late_candidates(ids, places, cursor))
 
 
 def lock_or_late(
@@ -252,8 +265,7 @@ def lock_or_late(
     if not cursor:  # the route has no cursor of the topic yet: it will run them all in order
         return False, []
     epoch, seq, event_id = cursor
-    candidates = late_candidates(ids, places or {}, (epoch, seq, event_id))
-    return False, sorted(late_events(conn, route, cache, topic, candidates))
+    return False, late_behind(conn, route, cache, topic, ids, places or {}, (epoch, seq, event_id))
 
 
 def load_event(conn: Connection, event_id: int) -> Any | None:

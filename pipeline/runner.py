@@ -245,8 +245,8 @@ class WorkflowRunner:
                 deadline = time.monotonic() + budget_s
                 self.sender.begin()
                 try:
-                    new = (new_ids or [], places or {})
-                    ran += self._drive_locked(conn, route, cache, topic, new, deadline)
+                    new = new_ids or []
+                    ran += self._drive_locked(conn, route, cache, topic, new, places, deadline)
                 finally:
                     try:
                         self._settle_sends(conn, key)
@@ -293,20 +293,21 @@ class WorkflowRunner:
         route: Route,
         cache: str,
         topic: str,
-        new: tuple[list[int], ordering.Places],
+        new_ids: list[int],
+        places: ordering.Places | None,
         deadline: float,
     ) -> int:
         """Run released events under the lock, their rows sent by ``self.sender`` meanwhile.
 
         Each peek brings the next few released events; each commit marks the rows sent since
-        the previous one, and each peek after the first all the rows sent so far. ``new``: the
-        ids of events just stored and their places; those the cursor already passed run late.
+        the previous one, and each peek after the first all the rows sent so far. Of ``new_ids``
+        (events just stored; ``places``: where they stand), those the cursor passed run late.
         """
         ran = 0
         is_task = resolve_workflow(route.workflow).is_task
         rows, at = self._next(conn, route, cache, topic)
-        candidates = ordering.late_candidates(*new, (at.epoch, at.seq, at.event_id))
-        late = ordering.late_events(conn, route.name, cache, topic, candidates)
+        cursor = (at.epoch, at.seq, at.event_id)
+        late = ordering.late_behind(conn, route.name, cache, topic, new_ids, places or {}, cursor)
         dispatch_late(self.app, conn, route.name, late)
         if at.pending:  # leftovers: a crash, a late run or a replay left rows to send first
             key = ordering.topic_key(route.name, cache, topic)

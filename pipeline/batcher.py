@@ -13,8 +13,10 @@ with an empty queue a batch goes at once. While the workers are behind (a send f
 waiting, within the last ``BEHIND_HOLD_S``; always, for a sender that cannot tell) and requests
 arrive faster than one per ``interval_s`` (a moving average of the gaps between them), a batch
 also waits until ``interval_s`` after the previous one was sent, so requests share batches
-instead of each paying a worker's per-batch cost. Workers that keep up, and traffic too slow to
-group, are not held back.
+instead of each paying a worker's per-batch cost. While the workflow stage reports running late
+(``pipeline.backpressure``: a backlog behind an ordered topic's driver, which the queue does not
+show), batches are spaced ``max_wait_s`` apart instead. Workers that keep up, and traffic too
+slow to group, are not held back.
 
 Memory is bounded: at most ``max_pending`` events wait at once; past that a request is refused
 (503) at once rather than queued behind a broker that is not keeping up.
@@ -36,9 +38,10 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from pipeline import ingest_ledger, metrics
+from pipeline import backpressure, ingest_ledger, metrics
 from pipeline.config import Settings
 
 if TYPE_CHECKING:
@@ -51,11 +54,21 @@ SendBatch = Callable[[Sequence[Item]], None]
 """A blocking send, run on a worker thread (Celery's producer)."""
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """What a send learned of the workers: how many batches now wait in the broker's queue (its
+    own included), and whether the workflow stage reports running late
+    (``pipeline.backpressure``)."""
+
+    queued: int
+    lagging: bool = False
+
+
 class AsyncSender(Protocol):
     """A send that runs on the event loop itself (no thread hand-off per batch); it may return
-    how many batches now wait in the broker's queue (its own included)."""
+    the ``Backlog`` it found."""
 
-    def __call__(self, items: Sequence[Item]) -> Awaitable[int | None]: ...
+    def __call__(self, items: Sequence[Item]) -> Awaitable[Backlog | None]: ...
 
     async def aclose(self) -> None:
         """Release connections (called once the batcher has stopped)."""
@@ -107,15 +120,15 @@ class RedisPush:
             url, socket_connect_timeout=connect_timeout_s, socket_timeout=timeout_s
         )
 
-    async def __call__(self, items: Sequence[Item]) -> int:
+    async def __call__(self, items: Sequence[Item]) -> Backlog:
         task_id, message = self.encode(items)
-        if not self.ledger:
-            return int(await self._client.lpush(self.key, message))
-        pipe = self._client.pipeline(transaction=True)
+        pipe = self._client.pipeline(transaction=self.ledger)
         pipe.lpush(self.key, message)
-        ingest_ledger.record(pipe, task_id, message, self.oldest_received_ms(items))
+        if self.ledger:
+            ingest_ledger.record(pipe, task_id, message, self.oldest_received_ms(items))
+        pipe.exists(backpressure.LAGGING)  # a read in the same round trip
         results = await pipe.execute()
-        return int(results[0])
+        return Backlog(int(results[0]), bool(results[-1]))
 
     @staticmethod
     def oldest_received_ms(items: Sequence[Item]) -> int:
@@ -156,6 +169,7 @@ class GroupCommitter:
         self._last_arrival = -1e9  # perf_counter() of the last request
         self._gap_s = 0.0  # moving average of the gaps between requests
         self._behind_until = -1e9  # perf_counter() until which the workers count as behind
+        self._lagging_until = -1e9  # perf_counter() until which the workflow stage runs late
         self._knows_backlog = False  # whether sends report the broker queue's length
         self._waiting = 0  # batches in the broker's queue after the last send, besides that one
         self.max_pending = max_pending
@@ -225,13 +239,16 @@ class GroupCommitter:
     def current_wait_s(self) -> float:
         """How long the next batch collects: longer while batches wait in the broker, and at
         least until ``interval_s`` after the previous batch was sent while the workers are behind
-        and requests come faster than one per ``interval_s``."""
+        and requests come faster than one per ``interval_s`` (``max_wait_s`` instead of
+        ``interval_s`` while the workflow stage runs late; no spacing if ``interval_s`` is 0)."""
         backlog_s = self.wait_s * self._waiting
         spacing_s = 0.0
         now = time.perf_counter()
-        behind = not self._knows_backlog or now < self._behind_until
-        if behind and self._gap_s < self.interval_s:
-            spacing_s = self._last_flush + self.interval_s - now
+        lagging = now < self._lagging_until
+        behind = lagging or not self._knows_backlog or now < self._behind_until
+        interval_s = self.max_wait_s if lagging and self.interval_s else self.interval_s
+        if behind and self._gap_s < interval_s:
+            spacing_s = self._last_flush + interval_s - now
         wait_s = min(self.max_wait_s, max(backlog_s, spacing_s))
         metrics.BATCH_WAIT.set(wait_s)
         return wait_s
@@ -273,12 +290,14 @@ class GroupCommitter:
             if not items:  # every request of the batch timed out while it waited
                 pass
             elif self._send_async is not None:
-                queued = await self._send_async(items)
-                if queued is not None:
-                    self._waiting = max(0, queued - 1)
+                backlog = await self._send_async(items)
+                if backlog is not None:
+                    self._waiting = max(0, backlog.queued - 1)
                     self._knows_backlog = True
                     if self._waiting:
                         self._behind_until = time.perf_counter() + BEHIND_HOLD_S
+                    if backlog.lagging:
+                        self._lagging_until = time.perf_counter() + BEHIND_HOLD_S
             elif self._send_blocking is not None:
                 await loop.run_in_executor(self._executor, self._send_blocking, items)
         except Exception as exc:

@@ -20,6 +20,7 @@ from celery import Celery
 from sqlalchemy import Connection, Engine
 
 from pipeline import ordering
+from pipeline.backpressure import LagReporter
 from pipeline.config import Settings
 from pipeline.ordered_sender import OrderedSender
 from pipeline.outbox import (
@@ -66,6 +67,7 @@ class WorkflowRunner:
         routes: RouteTable,
         app: Celery,
         publisher: Publisher,
+        lag: LagReporter | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -73,6 +75,7 @@ class WorkflowRunner:
         self.app = app
         self.publisher = publisher
         self.sender = OrderedSender(publisher)
+        self.lag = lag
 
     # -- one event: unordered routes, late events, replays ------------------------------------
 
@@ -352,6 +355,8 @@ class WorkflowRunner:
     ) -> bool:
         """Run the topic's next event under the lock: False if the topic must wait now (its
         canvas started, it failed and is held for a retry, or a send failed)."""
+        if self.lag is not None:  # a driver falling behind asks receivers for bigger batches
+            self.lag.observe(row.received_at)
         if not is_task:
             ordering.mark_inflight(conn, route.name, row)
             self.start_canvas(route, row, mode="ordered")

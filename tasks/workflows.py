@@ -11,7 +11,8 @@ from celery import Task
 from celery.signals import worker_init
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from pipeline.celery_app import app
+from pipeline.backpressure import LagReporter
+from pipeline.celery_app import app, broker_url
 from pipeline.config import get_settings
 from pipeline.db import get_engine
 from pipeline.dispatch import sweep as sweep_stalled
@@ -50,7 +51,8 @@ def runner() -> WorkflowRunner:
     settings = get_settings()
     engine = get_engine(settings)
     publisher = Publisher(settings, engine)
-    return WorkflowRunner(settings, engine, routes_for(settings), app, publisher)
+    lag = LagReporter(broker_url(settings))
+    return WorkflowRunner(settings, engine, routes_for(settings), app, publisher, lag)
 
 
 @app.task(bind=True, name="tasks.workflows.run", **RETRY)

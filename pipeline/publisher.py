@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, func, insert, literal, select, update
 from pipeline import momento_client
 from pipeline.celery_app import broker_url
 from pipeline.config import Settings
-from pipeline.cursor_sql import MARK_SENT, lock_id
+from pipeline.cursor_sql import MARK_SENT, TRY_LOCK, UNLOCK
 from pipeline.errors import MomentoError
 from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus, outbox_status_is
 from pipeline.outbox import SEND_COLUMNS, envelope
@@ -63,12 +63,12 @@ class SendReport:
 
 def try_lock(conn: Connection, key: str) -> bool:
     """Take a topic's session advisory lock if free (``conn`` should be in autocommit)."""
-    return bool(conn.execute(select(func.pg_try_advisory_lock(lock_id(key)))).scalar())
+    return bool(conn.execute(TRY_LOCK, {"p_key": key}).scalar())
 
 
 def unlock(conn: Connection, key: str) -> None:
     """Let a topic's session advisory lock go."""
-    conn.execute(select(func.pg_advisory_unlock(lock_id(key))))
+    conn.execute(UNLOCK, {"p_key": key})
 
 
 def make_bucket(settings: Settings) -> Bucket:

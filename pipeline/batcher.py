@@ -15,8 +15,9 @@ arrive faster than one per ``interval_s`` (a moving average of the gaps between 
 also waits until ``interval_s`` after the previous one was sent, so requests share batches
 instead of each paying a worker's per-batch cost. While the workflow stage reports running late
 (``pipeline.backpressure``: a backlog behind an ordered topic's driver, which the queue does not
-show), batches are spaced ``max_wait_s`` apart instead. Workers that keep up, and traffic too
-slow to group, are not held back.
+show), batches are spaced ``max_wait_s`` apart instead, and so they always are for a sender that
+cannot tell either backlog. Workers that keep up, and traffic too slow to group, are not held
+back.
 
 Memory is bounded: at most ``max_pending`` events wait at once; past that a request is refused
 (503) at once rather than queued behind a broker that is not keeping up.
@@ -240,12 +241,15 @@ class GroupCommitter:
         """How long the next batch collects: longer while batches wait in the broker, and at
         least until ``interval_s`` after the previous batch was sent while the workers are behind
         and requests come faster than one per ``interval_s`` (``max_wait_s`` instead of
-        ``interval_s`` while the workflow stage runs late; no spacing if ``interval_s`` is 0)."""
+        ``interval_s`` while the workflow stage runs late, or always for a sender that reports
+        no backlog; no spacing if ``interval_s`` is 0)."""
         backlog_s = self.wait_s * self._waiting
         spacing_s = 0.0
         now = time.perf_counter()
-        behind = self._lagging or not self._knows_backlog or now < self._behind_until
-        interval_s = self.max_wait_s if self._lagging and self.interval_s else self.interval_s
+        # A sender that cannot tell (not Redis) may hide either backlog: space widely.
+        wide = self._lagging or not self._knows_backlog
+        behind = wide or now < self._behind_until
+        interval_s = self.max_wait_s if wide and self.interval_s else self.interval_s
         if behind and self._gap_s < interval_s:
             spacing_s = self._last_flush + interval_s - now
         wait_s = min(self.max_wait_s, max(backlog_s, spacing_s))

@@ -6,6 +6,8 @@ traffic, or while the workers keep up is not held back."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import statistics
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -85,6 +87,21 @@ def test_a_lagging_workflow_stage_spaces_batches_by_the_longest_wait_even_with_a
     # (50 ms), not the 10 ms interval, nor nothing as an empty queue alone would allow.
     assert min(gaps_s(lagging)[2:]) >= 0.049, gaps_s(lagging)
     assert len(lagging.batches) <= 9, lagging.batches  # ~0.3 s: ~30 at the 10 ms interval
+
+
+def test_a_sender_that_reports_no_backlog_is_spaced_by_the_longest_wait() -> None:
+    batches: list[list[Any]] = []
+    sent_at: list[float] = []
+
+    def blocking_send(items: Sequence[Any]) -> None:  # Celery's producer: tells nothing
+        batches.append(list(items))
+        sent_at.append(time.perf_counter())
+
+    committer = GroupCommitter(blocking_send, wait_s=0.001, max_wait_s=0.05, interval_s=0.01)
+    asyncio.run(submit_spaced(committer, 150, 0.002))
+    assert [item for batch in batches for item in batch] == list(range(150))
+    gaps = [b - a for a, b in itertools.pairwise(sent_at)]
+    assert statistics.mean(gaps[4:]) >= 0.04, gaps  # 50 ms, not the 10 ms interval
 
 
 def test_lag_spacing_is_off_with_spacing_turned_off() -> None:

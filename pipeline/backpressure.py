@@ -34,6 +34,10 @@ takes ~15 ms while the driver keeps up, and a scheduling hiccup may add tens of 
 that falls behind gets later with every event."""
 REPORT_EVERY_S = 0.25
 """A process writes the key at most this often: it is a broker write (fsynced) per report."""
+TIMEOUT_S = 0.2
+"""The driver waits at most this long for a report, and after a failed one stays quiet for
+``FAILED_QUIET_S``: an unresponsive broker must not stall it."""
+FAILED_QUIET_S = 5.0
 
 
 class LagReporter:
@@ -43,7 +47,9 @@ class LagReporter:
         self.lag_s = lag_s
         self._client = None
         if applies_to(broker):
-            self._client = redis.Redis.from_url(broker, socket_timeout=1)
+            self._client = redis.Redis.from_url(
+                broker, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
+            )
         self._quiet_until = 0.0
 
     def observe(self, received_at: datetime) -> bool:
@@ -58,6 +64,7 @@ class LagReporter:
         try:
             self._client.set(LAGGING, b"1", px=HOLD_MS)
         except redis.RedisError as exc:  # spacing is an optimisation: the events are safe
+            self._quiet_until = now + FAILED_QUIET_S
             logger.warning("workflow lag not reported error=%r", exc)
             return False
         return True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -71,3 +73,19 @@ def test_a_late_driver_is_seen_by_the_next_push_and_a_timely_one_is_not(redis_ur
         reporter.close()
         client.delete(backpressure.LAGGING, key)
         client.close()
+
+
+def test_a_lag_report_to_a_dead_broker_costs_the_driver_little_and_is_not_retried_at_once() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()  # accepts connections, never answers: an unresponsive broker
+        reporter = backpressure.LagReporter(f"redis://127.0.0.1:{sock.getsockname()[1]}/0")
+        late = datetime.now(UTC) - timedelta(seconds=1)
+        started = time.perf_counter()
+        assert not reporter.observe(late)
+        assert time.perf_counter() - started < 1.0  # a short timeout, not the usual seconds
+        time.sleep(backpressure.REPORT_EVERY_S + 0.05)
+        started = time.perf_counter()
+        assert not reporter.observe(late)  # quiet for a while after a failure: no second wait
+        assert time.perf_counter() - started < 0.1
+        reporter.close()

@@ -8,8 +8,8 @@ keep costing the box their per-batch work. So a driver that runs an event more t
 after it was received says so in a short-lived Redis key, and receivers that see it in their next
 push space batches further apart (``pipeline.batcher``) until the key expires.
 
-Redis brokers only: with any other broker the receiver cannot read the key, and spaces batches
-by the request rate alone.
+Redis brokers only: with any other broker the receiver cannot read the key, and always spaces
+batches as widely as it does here while the key is set.
 """
 
 from __future__ import annotations

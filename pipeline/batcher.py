@@ -367,7 +367,9 @@ def redis_sender(settings: Settings) -> RedisPush:
             "delivery_info": {"exchange": "", "routing_key": INGEST_QUEUE},
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": uuid(),
+            # The task id: whether a worker holds the batch is then one look at kombu's
+            # unacked hash (``pipeline.ingest_ledger``).
+            "delivery_tag": task_id,
         }
         envelope = {
             "body": base64.b64encode(json.dumps(message.body).encode()).decode(),

@@ -90,17 +90,19 @@ def build_config(settings: Settings) -> dict[str, Any]:
         "task_default_routing_key": "workflows",
         "task_routes": {f"tasks.{name}.*": {"queue": name} for name in QUEUES}
         | {"tasks.ingest.*": {"queue": "ingest"}, "tasks.examples.*": {"queue": "workflows"}},
-        # Redis redelivers a message nobody acked within the visibility timeout. It must exceed the
-        # longest a healthy worker can hold one: a task's hard time limit (300 s) or a retry
-        # countdown (≤ 300 s). 900 s leaves 3x margin; lower it (PIPELINE_VISIBILITY_TIMEOUT_S)
-        # to recover faster from killed workers at the risk of duplicate runs of slow tasks,
-        # which idempotent tasks tolerate.
+        # Redis redelivers a message nobody acked within the visibility timeout. Live workers
+        # re-stamp what they hold every second (pipeline.held_deliveries), so the timeout is how
+        # long a holder has been gone, not how long a task or a retry countdown may take.
         "broker_transport_options": {
             "visibility_timeout": settings.pipeline_visibility_timeout_s,
             "queue_order_strategy": "priority",
             # kombu scans for such messages every 10 s but by default acts on every 10th scan
             # only, so a killed worker's batches would wait up to ~100 s past the timeout.
             "unacked_restore_throttle": 1,
+            "unacked_restore_interval": 5,
+            # The scan's mutex outlives a worker killed while scanning: by 5 minutes by default,
+            # and no message comes back meanwhile.
+            "unacked_mutex_expire": 15,
         },
         "result_backend_transport_options": {"visibility_timeout": 900},
         "beat_schedule": beat_schedule(settings),
@@ -114,11 +116,11 @@ def build_config(settings: Settings) -> dict[str, Any]:
 
 def create_app() -> Celery:
     """The Celery app, configured lazily from Settings."""
-    from pipeline.ingest_ledger import ResendStranded
+    from pipeline.held_deliveries import KeepHeld
 
     celery = Celery("pipeline", include=list(TASK_MODULES))
     celery.add_defaults(lambda: build_config(get_settings()))
-    celery.steps["consumer"].add(ResendStranded)
+    celery.steps["consumer"].add(KeepHeld)
     return celery
 
 

@@ -42,10 +42,10 @@ class Settings(BaseSettings):
     pipeline_batch_max_events: int = Field(default=500, ge=1, le=10000)
     pipeline_max_pending_events: int = Field(default=20000, ge=1)
     pipeline_enqueue_timeout_s: float = Field(default=3.0, gt=0, le=4.5)
-    pipeline_visibility_timeout_s: int = Field(default=900, ge=10)
+    pipeline_visibility_timeout_s: int = Field(default=30, ge=10)
     pipeline_ingest_task_events: bool = False
     pipeline_reorder_window_s: float = Field(default=2.0, ge=0)
-    pipeline_backlog_hold_s: float = Field(default=30.0, ge=0)
+    pipeline_backlog_hold_s: float = Field(default=0.0, ge=0)
     pipeline_reset_idle_s: float = Field(default=1.0, gt=0)
     pipeline_rollup_window_s: int = Field(default=60, ge=1)
     pipeline_retention_days: float = Field(default=7.0, gt=0)

@@ -3,34 +3,56 @@
 Kombu's Redis transport takes a message with ``BRPOP`` and records it as unacknowledged only
 afterwards, in the worker; a worker killed in between loses the message, although its events
 were answered 204. So the receiver writes each batch twice in one ``MULTI``: onto the ingest
-queue, and into this ledger (a hash of messages by task id, and a sorted set of when each was
-pushed). The ingest task removes its batch once the batch is committed. Any worker serving the
-ingest queue looks every few seconds for batches still in the ledger after the visibility
-timeout (lost, or still waiting or running after that long) and pushes them onto the queue again.
-A batch that arrives twice is harmless: the ingest task claims batches by task id, so the second
-copy stores nothing and only hands its events over again.
+queue, and into this ledger (a hash of messages by task id, and a sorted set of when each batch's
+oldest delivery was received). The ingest task removes its batch once the batch is committed (or
+dead-lettered, so a batch that cannot be stored cannot hold the ledger forever).
+
+A batch is pushed again only when it is lost: neither waiting in the queue nor held by a worker.
+The receiver makes each message's delivery tag its task id, so whether a worker holds a batch is
+one look at kombu's ``unacked`` hash; a worker that dies while holding one is kombu's to redeliver
+(``pipeline.held_deliveries`` keeps what live workers hold from being redelivered). What is
+waiting cannot be looked up by id without reading the queue, so ``find_lost`` first counts, in one
+atomic script: batches in the ledger but not held, against the queue's length. Only when the
+ledger has more (a batch vanished between ``BRPOP`` and kombu's bookkeeping), and still does on
+the next look, is the queue read to name the missing ones, which go back on its consuming end:
+they are older than anything waiting. A backlog of any length therefore creates no extra work.
 
 The ledger also tells the sequencer which deliveries are still on their way: a gap is not
 declared lost while a batch received before its reorder window closed waits to be stored
-(``sequencing_horizon``), so a backlog of ingest tasks reads as late, not as lost messages.
+(``sequencing_horizon``), so a backlog of ingest tasks reads as late, not as lost messages. The
+receive time of a batch is never moved, whatever happens to its message.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
-from typing import Any, ClassVar, cast
+from collections.abc import Iterator
+from typing import Any, cast
 
 import redis
-from celery import bootsteps
 
 logger = logging.getLogger(__name__)
 
 MESSAGES = "pipeline:ingest:ledger"
 """Hash: task id → the broker message as pushed."""
 PUSHED_AT = "pipeline:ingest:ledger:pushed"
-"""Sorted set: task id → when its oldest delivery was received (when it was last pushed again),
-in ms since the epoch."""
+"""Sorted set: task id → when the batch's oldest delivery was received, in ms since the epoch."""
+UNACKED = "unacked"
+"""Kombu's hash of delivered, unacknowledged messages by delivery tag (its default key)."""
+SUSPECTS = "pipeline:ingest:ledger:suspects"
+"""Sorted set: task id → when a look first found the batch neither waiting nor held."""
+
+_COUNT_UNSEEN = """
+local unseen = 0
+for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if redis.call('HEXISTS', KEYS[2], id) == 0 then unseen = unseen + 1 end
+end
+return {unseen, redis.call('LLEN', KEYS[3])}
+"""
+_TAG = re.compile(rb'"delivery_tag":\s*"([^"]+)"')
+SCAN_CHUNK = 200
 
 
 def applies_to(broker: str) -> bool:
@@ -57,17 +79,19 @@ def oldest_unstored_ms(client: redis.Redis, other_than: str | None = None) -> in
 
 
 def settle(client: redis.Redis, task_id: str) -> None:
-    """Drop a stored batch from the ledger (called by the ingest task after its commit)."""
+    """Drop a stored (or dead-lettered) batch from the ledger (called by the ingest task)."""
     pipe = client.pipeline(transaction=False)
     pipe.hdel(MESSAGES, task_id)
     pipe.zrem(PUSHED_AT, task_id)
+    pipe.zrem(SUSPECTS, task_id)
     pipe.execute()
 
 
 _clients: dict[str, redis.Redis] = {}
 
 
-def _client(broker: str) -> redis.Redis:
+def client_for(broker: str) -> redis.Redis:
+    """This process's client for a Redis ``broker``."""
     client = _clients.get(broker)
     if client is None:
         client = _clients[broker] = redis.Redis.from_url(broker, socket_timeout=5)
@@ -83,98 +107,99 @@ def settle_stored(broker: str, task_id: str) -> None:
     if not applies_to(broker):
         return
     try:
-        settle(_client(broker), task_id)
+        settle(client_for(broker), task_id)
     except redis.RedisError as exc:
         logger.warning("ingest ledger not updated task=%s error=%r", task_id, exc)
 
 
 def sequencing_horizon(
-    broker: str, hold_s: float, other_than: str | None = None, now_ms: int | None = None
+    broker: str, hold_s: float = 0.0, other_than: str | None = None, now_ms: int | None = None
 ) -> int | None:
     """How far gap declarations may go (``pipeline.sequencing``'s ``horizon_ms``): when the
     oldest delivery of a batch received but not yet stored (but ``other_than``, the one being
-    stored) arrived, held back at most ``hold_s``; None when nothing is pending, the broker
-    keeps no ledger, or it cannot be read (declarations then follow the clock alone).
+    stored) arrived; held back at most ``hold_s`` if that is > 0. None when nothing is pending,
+    the broker keeps no ledger, or it cannot be read (declarations then follow the clock alone).
     """
     if not applies_to(broker):
         return None
     try:
-        oldest = oldest_unstored_ms(_client(broker), other_than)
+        oldest = oldest_unstored_ms(client_for(broker), other_than)
     except redis.RedisError as exc:
         logger.warning("ingest ledger not read error=%r", exc)
         return None
-    if oldest is None:
-        return None
+    if oldest is None or hold_s <= 0:
+        return oldest
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     return max(oldest, now_ms - int(hold_s * 1000))
 
 
-def resend_stranded(client: redis.Redis, queue: str, older_than_s: float) -> int:
-    """Push batches in the ledger longer than ``older_than_s`` onto ``queue`` again.
+def count_unseen(client: redis.Redis, queue: str) -> tuple[int, int]:
+    """Atomically: (batches in the ledger that no worker holds, messages waiting in ``queue``).
 
-    Each is pushed at most once per ``older_than_s``: its time in the ledger starts over.
-    Returns how many were pushed.
+    Every unheld batch is waiting unless it was lost, so the first exceeds the second by the
+    number lost (or taken off the queue this very moment, not yet recorded by its worker).
     """
-    now_ms = int(time.time() * 1000)
-    due = client.zrangebyscore(PUSHED_AT, "-inf", now_ms - older_than_s * 1000)
+    unseen, waiting = cast(Any, client.eval(_COUNT_UNSEEN, 3, MESSAGES, UNACKED, queue))
+    return int(unseen), int(waiting)
+
+
+def waiting_tags(client: redis.Redis, queue: str) -> Iterator[bytes]:
+    """The delivery tags of the messages waiting in ``queue``, read in chunks."""
+    start = 0
+    while True:
+        chunk = cast(list[bytes], client.lrange(queue, start, start + SCAN_CHUNK - 1))
+        for message in chunk:
+            match = _TAG.search(message, max(0, len(message) - 4096))  # properties come last
+            if match is None:
+                match = _TAG.search(message)
+            if match is not None:
+                yield match.group(1)
+        if len(chunk) < SCAN_CHUNK:
+            return
+        start += SCAN_CHUNK
+
+
+def find_lost(client: redis.Redis, queue: str, now_ms: int | None = None) -> list[str]:
+    """Task ids of batches lost between the queue and a worker: seen missing twice in a row.
+
+    Cheap while nothing is missing (``count_unseen``). Otherwise the queue is read to name the
+    batches neither waiting nor held; those also missing at the previous look are lost (a batch
+    only being taken off the queue is recorded by its worker within milliseconds).
+    """
+    unseen, waiting = count_unseen(client, queue)
+    if unseen <= waiting:
+        client.delete(SUSPECTS)
+        return []
+    present = {tag.decode() for tag in waiting_tags(client, queue)}
+    ids = [task_id.decode() for task_id in cast(list[bytes], client.hkeys(MESSAGES))]
+    pipe = client.pipeline(transaction=False)
+    for task_id in ids:
+        pipe.hexists(UNACKED, task_id)
+    held = pipe.execute()
+    missing = [i for i, h in zip(ids, held, strict=True) if not h and i not in present]
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    before = {key.decode(): score for key, score in cast(Any, client.zrange(SUSPECTS, 0, -1,
+                                                                           withscores=True))}
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(SUSPECTS)
+    if missing:
+        pipe.zadd(SUSPECTS, {task_id: before.get(task_id, now_ms) for task_id in missing})
+    pipe.execute()
+    return [task_id for task_id in missing if task_id in before]
+
+
+def resend_lost(client: redis.Redis, queue: str, now_ms: int | None = None) -> int:
+    """Push lost batches (``find_lost``) onto the consuming end of ``queue``; return how many."""
     resent = 0
-    for task_id in due:
-        task_id = task_id.decode() if isinstance(task_id, bytes) else str(task_id)
+    for task_id in find_lost(client, queue, now_ms):
         message = client.hget(MESSAGES, task_id)
-        if message is None:  # stored meanwhile
-            client.zrem(PUSHED_AT, task_id)
-            continue
+        if message is None or client.hexists(UNACKED, task_id):
+            continue  # stored or taken meanwhile (a copy of a stored batch would store nothing)
         pipe = client.pipeline(transaction=True)
-        pipe.rpush(queue, message)  # the consuming end: it goes first
-        pipe.zadd(PUSHED_AT, {task_id: now_ms})
+        pipe.rpush(queue, message)  # older than anything waiting: it goes first
+        pipe.zrem(SUSPECTS, task_id)
         pipe.execute()
         resent += 1
     if resent:
-        logger.warning("ingest batches pushed again after %.0f s count=%d", older_than_s, resent)
+        logger.warning("ingest batches lost between queue and worker pushed again count=%d", resent)
     return resent
-
-
-class ResendStranded(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Worker consumer step: every few seconds, ``resend_stranded`` on the ingest queue.
-
-    Runs only in workers that consume the ingest queue from a Redis broker. Any number may run
-    at once: a batch resent twice is stored once.
-    """
-
-    requires: ClassVar[set[str]] = {"celery.worker.consumer.tasks:Tasks"}
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.tref: Any = None
-        self.client: redis.Redis | None = None
-
-    def start(self, c: Any) -> None:
-        from pipeline.batcher import INGEST_QUEUE
-        from pipeline.celery_app import broker_url
-        from pipeline.config import get_settings
-
-        settings = get_settings()
-        url = broker_url(settings)
-        queues = {queue.name for queue in c.task_consumer.queues} if c.task_consumer else set()
-        if not applies_to(url) or INGEST_QUEUE not in queues:
-            return
-        self.client = redis.Redis.from_url(url, socket_timeout=5)
-        older_than_s = float(settings.pipeline_visibility_timeout_s)
-        period_s = max(1.0, min(60.0, older_than_s / 2))
-
-        def resend() -> None:
-            assert self.client is not None
-            try:
-                resend_stranded(self.client, INGEST_QUEUE, older_than_s)
-            except redis.RedisError as exc:  # the broker is down: the next look tries again
-                logger.warning("ingest ledger check failed error=%r", exc)
-
-        self.tref = c.timer.call_repeatedly(period_s, resend, priority=10)
-
-    def stop(self, c: Any) -> None:
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None
-        if self.client is not None:
-            self.client.close()
-            self.client = None

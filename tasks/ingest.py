@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import random
+import time
 from typing import Any
 
 from celery import Task
@@ -10,9 +13,10 @@ from celery.utils.log import get_task_logger
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from pipeline.celery_app import app, broker_url
-from pipeline.config import get_settings
+from pipeline.config import Settings, get_settings
+from pipeline.db import transaction
 from pipeline.dispatch import hand_over
-from pipeline.ingest import store_batch
+from pipeline.ingest import StoreResult, dead_letter, store_batch
 from pipeline.ingest_ledger import sequencing_horizon, settle_stored
 from pipeline.sequencer import policy_from
 from tasks.workflows import drive_here, run_here, serves_workflows
@@ -32,39 +36,41 @@ def _ingest_events(**_: Any) -> None:
     store_webhooks.send_events = get_settings().pipeline_ingest_task_events
 
 
+DB_ERRORS = (OperationalError, InterfaceError)
+BACKOFF_MAX_S = 30.0
+
+
 @app.task(
     bind=True,
     name="tasks.ingest.store_webhooks",
     acks_late=True,
     reject_on_worker_lost=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=1,
-    retry_backoff_max=30,
-    retry_jitter=True,
-    max_retries=None,
 )
 def store_webhooks(self: Task, items: list[list[Any]]) -> dict[str, int]:
-    """Store one batch of ``[raw body, received ms]`` items; retried while Postgres is down."""
+    """Store one batch of ``[raw body, received ms]`` items; waits in place while Postgres is down.
+
+    The task keeps its broker message while it waits instead of re-sending itself (Celery's
+    retry would): the batch keeps its place in the queue's order, and stays held by this live
+    worker (``pipeline.held_deliveries``), so nothing else runs it meanwhile. A batch that fails
+    for any other reason is dead-lettered whole, not retried: the same input would fail again.
+    """
     settings = get_settings()
     broker = broker_url(settings)
-    hold_s, batch_id = settings.pipeline_backlog_hold_s, self.request.id
-
-    def horizon() -> int | None:  # batches received earlier but still queued keep gaps open
-        return sequencing_horizon(broker, hold_s, batch_id)
-
-    result = store_batch(settings, items, policy_from(settings), batch_id, horizon)
-    # After the commit, events go to the workflow stage: a worker that also serves the workflows
-    # queue runs them itself, saving a broker hop and a task; a dedicated one hands them over.
-    here = serves_workflows()
-    try:
-        hand_over(settings, result, items, drive_here if here else None, run_here if here else None)
-    finally:
-        # Stored: off the receiver's ledger. Done after the hand-over, as its fsynced Redis write
-        # (~0.5 ms) would otherwise delay every event's workflow; meanwhile the batch only holds
-        # other batches' gap declarations back by as long (see ``sequencing_horizon``).
-        settle_stored(broker, batch_id)
+    batch_id = self.request.id
+    for attempt in itertools.count():
+        try:
+            result = _store_and_hand_over(settings, broker, items, batch_id)
+            break
+        except DB_ERRORS as exc:
+            delay_s = random.uniform(0.5, 1.0) * min(BACKOFF_MAX_S, 2.0**attempt)
+            logger.warning("batch waits for Postgres id=%s retry_in=%.1fs error=%s",
+                           batch_id, delay_s, type(exc).__name__)  # fmt: skip
+            time.sleep(delay_s)
+        except Exception as exc:
+            _dead_letter_batch(settings, broker, items, batch_id, exc)
+            return {"new": 0, "duplicates": 0, "dead": len(items)}
     if result.replayed:
-        logger.info("batch already stored id=%s", self.request.id)
+        logger.info("batch already stored id=%s", batch_id)
         return {"new": 0, "duplicates": 0, "dead": 0}
     logger.info(
         "stored batch=%d new=%d dup=%d dead=%d",
@@ -74,3 +80,41 @@ def store_webhooks(self: Task, items: list[list[Any]]) -> dict[str, int]:
         result.dead,
     )
     return {"new": len(result.new_ids), "duplicates": result.duplicates, "dead": result.dead}
+
+
+def _store_and_hand_over(
+    settings: Settings, broker: str, items: list[list[Any]], batch_id: str
+) -> StoreResult:
+    hold_s = settings.pipeline_backlog_hold_s
+
+    def horizon() -> int | None:  # batches received earlier but still queued keep gaps open
+        return sequencing_horizon(broker, hold_s, batch_id)
+
+    result = store_batch(settings, items, policy_from(settings), batch_id, horizon)
+    # After the commit, events go to the workflow stage: a worker that also serves the workflows
+    # queue runs them itself, saving a broker hop and a task; a dedicated one hands them over.
+    here = serves_workflows()
+    hand_over(settings, result, items, drive_here if here else None, run_here if here else None)
+    # Stored: off the receiver's ledger. Done after the hand-over, as its fsynced Redis write
+    # (~0.5 ms) would otherwise delay every event's workflow; meanwhile the batch only holds
+    # other batches' gap declarations back by as long (see ``sequencing_horizon``). A hand-over
+    # that failed leaves the batch in the ledger: it is retried, stores nothing, hands over again.
+    settle_stored(broker, batch_id)
+    return result
+
+
+def _dead_letter_batch(
+    settings: Settings, broker: str, items: list[list[Any]], batch_id: str, exc: Exception
+) -> None:
+    """Keep a batch that failed for good, then drop it from the ledger (a poison batch must
+    neither come back forever nor hold gap declarations back)."""
+    logger.error("batch failed, dead-lettered id=%s error=%r", batch_id, exc, exc_info=exc)
+    for attempt in itertools.count():
+        try:
+            with transaction(settings) as conn:
+                dead_letter(conn, "ingest", f"batch failed: {exc!r}",
+                            {"task_id": batch_id, "items": items})  # fmt: skip
+            break
+        except DB_ERRORS:
+            time.sleep(min(BACKOFF_MAX_S, 2.0**attempt))
+    settle_stored(broker, batch_id)

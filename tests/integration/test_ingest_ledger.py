@@ -1,6 +1,6 @@
 """The ingest ledger on a real broker: a batch taken from the queue by a worker that died before
-recording it is pushed again and stored; stored batches leave the ledger; a batch still waiting
-to be stored keeps the sequencer from declaring its numbers lost."""
+recording it is pushed again and stored, and only such a batch; stored batches leave the ledger;
+a batch still waiting to be stored keeps the sequencer from declaring its numbers lost."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import redis
 
-from pipeline import ingest_ledger
+from pipeline import held_deliveries, ingest_ledger
 from pipeline.batcher import INGEST_QUEUE, redis_sender
 from pipeline.config import Settings
 from pipeline.ingest import store_batch
@@ -23,30 +23,39 @@ def batch(seqs: range) -> list[list[object]]:
     return [[signed_webhook(seq)[0].decode(), now_ms] for seq in seqs]
 
 
-def test_resend_pushes_only_batches_older_than_the_limit_once_per_limit(redis_url: str) -> None:
+def test_only_batches_neither_waiting_nor_held_twice_in_a_row_are_pushed_again(
+    redis_url: str,
+) -> None:
     client = redis.Redis.from_url(redis_url)
     queue = f"ledger-test-{time.monotonic_ns()}"
-    client.delete(ingest_ledger.MESSAGES, ingest_ledger.PUSHED_AT)  # other tests' batches
-    now_ms = int(time.time() * 1000)
+    keys = (ingest_ledger.MESSAGES, ingest_ledger.PUSHED_AT, ingest_ledger.SUSPECTS)
+    client.delete(*keys)  # other tests' batches
+    old_ms = int(time.time() * 1000) - 3_600_000  # an hour-long backlog creates no work
     pipe = client.pipeline()
-    ingest_ledger.record(pipe, "old", b"old message", now_ms - 60_000)
-    ingest_ledger.record(pipe, "new", b"new message", now_ms)
-    ingest_ledger.record(pipe, "stored", b"stored message", now_ms - 60_000)
+    for task_id in ("waiting", "held", "lost", "stored"):
+        message = f'{{"properties": {{"delivery_tag": "{task_id}"}}}}'.encode()
+        ingest_ledger.record(pipe, task_id, message, old_ms)
+    pipe.lpush(queue, b'{"properties": {"delivery_tag": "waiting"}}')
+    pipe.hset(ingest_ledger.UNACKED, "held", b"[]")
     pipe.execute()
     ingest_ledger.settle(client, "stored")
     try:
-        assert ingest_ledger.resend_stranded(client, queue, older_than_s=30) == 1
-        assert client.lrange(queue, 0, -1) == [b"old message"]
-        assert ingest_ledger.resend_stranded(client, queue, older_than_s=30) == 0  # pushed anew
-        assert client.hget(ingest_ledger.MESSAGES, "stored") is None
+        assert ingest_ledger.count_unseen(client, queue) == (2, 1)  # "waiting" and "lost"
+        assert ingest_ledger.resend_lost(client, queue) == 0  # first sighting: a suspect only
+        assert ingest_ledger.resend_lost(client, queue) == 1
+        assert client.lindex(queue, -1) == b'{"properties": {"delivery_tag": "lost"}}'  # next out
+        assert client.llen(queue) == 2
+        assert ingest_ledger.count_unseen(client, queue) == (2, 2)
+        assert ingest_ledger.resend_lost(client, queue) == 0  # nothing missing any more
+        assert client.zcard(ingest_ledger.SUSPECTS) == 0
+        assert client.zscore(ingest_ledger.PUSHED_AT, "lost") == old_ms  # receive time kept
     finally:
-        client.delete(queue)
-        for task_id in ("old", "new"):
-            ingest_ledger.settle(client, task_id)
+        client.delete(queue, *keys)
+        client.hdel(ingest_ledger.UNACKED, "held")
         client.close()
 
 
-def test_a_batch_lost_between_queue_and_worker_is_stored_after_the_visibility_timeout(
+def test_a_batch_lost_between_queue_and_worker_is_pushed_again_and_stored(
     db: Settings, worker_factory: Callable[..., WorkerProcess]
 ) -> None:
     assert db.celery_broker_url is not None
@@ -69,12 +78,26 @@ def test_a_batch_lost_between_queue_and_worker_is_stored_after_the_visibility_ti
     worker_factory("keeper")
     events = "SELECT count(*) FROM events"
     assert wait_for(lambda: count_rows(db, events) == 3, 30)
-    assert client.zcard(ingest_ledger.PUSHED_AT) == 1  # the stored batch left the ledger
-    # Visibility timeout in tests: 10 s; workers look every 5 s.
-    assert wait_for(lambda: count_rows(db, events) == 6, 40)
+    # Workers look every 2 s and push a batch seen missing twice: well inside the visibility
+    # timeout (10 s in tests).
+    assert wait_for(lambda: count_rows(db, events) == 6, 9)
     assert wait_for(lambda: client.zcard(ingest_ledger.PUSHED_AT) == 0, 10)
     assert client.llen(INGEST_QUEUE) == 0
     client.close()
+
+
+def test_a_live_worker_restamps_what_it_holds_and_only_that(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    index = f"unacked-index-test-{time.monotonic_ns()}"
+    client.zadd(index, {"held": 1.0, "gone": 1.0})
+    try:
+        held_deliveries.restamp(client, index, ("held", "acked-meanwhile"), 1_000.0)
+        assert client.zscore(index, "held") == 1_000.0
+        assert client.zscore(index, "gone") == 1.0  # nobody holds it: kombu may redeliver it
+        assert client.zscore(index, "acked-meanwhile") is None  # never re-added
+    finally:
+        client.delete(index)
+        client.close()
 
 
 def test_a_batch_waiting_in_the_ledger_holds_its_gap_open_until_stored(db: Settings) -> None:
@@ -106,20 +129,20 @@ def test_a_batch_waiting_in_the_ledger_holds_its_gap_open_until_stored(db: Setti
     client.close()
 
 
-def test_the_horizon_is_the_oldest_pending_delivery_held_back_at_most_hold_s(
+def test_the_horizon_is_the_oldest_pending_delivery_capped_only_if_asked(
     redis_url: str,
 ) -> None:
     client = redis.Redis.from_url(redis_url)
     client.delete(ingest_ledger.MESSAGES, ingest_ledger.PUSHED_AT)
     now_ms = int(time.time() * 1000)
-    assert ingest_ledger.sequencing_horizon(redis_url, 30.0, now_ms=now_ms) is None
+    assert ingest_ledger.sequencing_horizon(redis_url, now_ms=now_ms) is None
     pipe = client.pipeline()
-    ingest_ledger.record(pipe, "older", b"m", now_ms - 5_000)
+    ingest_ledger.record(pipe, "older", b"m", now_ms - 3_600_000)
     ingest_ledger.record(pipe, "newer", b"m", now_ms - 1_000)
     pipe.execute()
     try:
-        assert ingest_ledger.sequencing_horizon(redis_url, 30.0, now_ms=now_ms) == now_ms - 5_000
-        horizon = ingest_ledger.sequencing_horizon(redis_url, 30.0, "older", now_ms=now_ms)
+        assert ingest_ledger.sequencing_horizon(redis_url, now_ms=now_ms) == now_ms - 3_600_000
+        horizon = ingest_ledger.sequencing_horizon(redis_url, 0, "older", now_ms=now_ms)
         assert horizon == now_ms - 1_000  # the batch being stored does not hold itself back
         assert ingest_ledger.sequencing_horizon(redis_url, 2.0, now_ms=now_ms) == now_ms - 2_000
         assert ingest_ledger.sequencing_horizon("amqp://guest@localhost//", 30.0) is None

@@ -9,6 +9,7 @@ PipelineError
     ├── BadSignature      401   missing or wrong momento-signature
     ├── StaleEvent        401   publish_timestamp outside the replay window
     ├── MalformedBody     400   not JSON, or fields of the wrong type
+    │   └── TimestampOutOfRange 400 event_timestamp outside the accepted range
     ├── UnsupportedMediaType 415 content-type is not JSON
     └── BodyTooLarge      413   body longer than the configured limit
 """
@@ -70,6 +71,13 @@ class MalformedBody(RejectedWebhook):
     """The body is not a JSON object with Momento's fields of the right types."""
 
     code = "malformed_body"
+    status_code = 400
+
+
+class TimestampOutOfRange(MalformedBody):
+    """The event_timestamp is of the right type but outside the range the pipeline accepts."""
+
+    code = "timestamp_out_of_range"
     status_code = 400
 
 

@@ -4,10 +4,32 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
-from pipeline.errors import MalformedBody
+from pipeline.errors import MalformedBody, StaleEvent, TimestampOutOfRange
 
 MAX_NAME_LEN = 255
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects accepted (Momento's own body is flat).
+
+Without a fixed limit, whether a deep body parses depends on the caller's stack depth: the
+receiver could accept one that the worker then fails to parse, an acknowledged event lost.
+"""
+EVENT_TIME_MIN_MS = 946_684_800_000
+"""Earliest ``event_timestamp`` (epoch ms) the receiver accepts and roll-ups count: 2000-01-01."""
+EVENT_TIME_MAX_MS = 4_102_444_800_000
+"""End (exclusive) of that range, 2100-01-01 UTC.
+
+Outside it a value is a unit mistake (seconds, micro- or nanoseconds), not a time: roll-ups skip
+such stored rows rather than compute a window start Postgres cannot hold.
+"""
+MAX_EVENT_LAG_MS = 24 * 3600 * 1000
+"""How much older than its ``publish_timestamp`` an ``event_timestamp`` may be: one day.
+
+Momento POSTs a webhook once, right after the publish, so the lag is normally milliseconds; a
+refused webhook is lost (there is no retry), so the bound only catches values that cannot be
+true, and keeps an event's window well inside the retention period, where roll-ups reach it.
+"""
 _INT_FIELDS = ("topic_sequence_number", "event_timestamp", "publish_timestamp")
 _NAME_FIELDS = ("cache", "topic")
 
@@ -31,8 +53,11 @@ def parse_webhook(body: bytes | str) -> WebhookEvent:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedBody(f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise MalformedBody(f"body is nested deeper than {MAX_JSON_DEPTH} levels") from exc
     if not isinstance(data, dict):
         raise MalformedBody(f"body must be a JSON object, got {type(data).__name__}")
+    _check_depth(data)
     for name in _NAME_FIELDS:
         value = data.get(name)
         if not isinstance(value, str) or not value or len(value) > MAX_NAME_LEN:
@@ -63,6 +88,52 @@ def parse_webhook(body: bytes | str) -> WebhookEvent:
         token_id=token_id,
         text=text,
     )
+
+
+def check_timestamps(event: WebhookEvent, now_ms: float, window_ms: float, skew_ms: float) -> None:
+    """Raise unless the event's timestamps are believable at ``now_ms``.
+
+    ``publish_timestamp`` must lie within ``window_ms`` before and ``skew_ms`` after now
+    (StaleEvent: a replayed or badly delayed request). ``event_timestamp`` must lie within
+    MAX_EVENT_LAG_MS before and ``skew_ms`` after the publish, and in EVENT_TIME_MIN_MS ..
+    EVENT_TIME_MAX_MS (TimestampOutOfRange).
+    """
+    age_ms = now_ms - event.publish_timestamp
+    if age_ms > window_ms:
+        raise StaleEvent(
+            f"publish_timestamp is {age_ms / 1000:.1f} s old; the replay window is "
+            f"{window_ms / 1000:g} s"
+        )
+    if -age_ms > skew_ms:
+        raise StaleEvent(f"publish_timestamp is {-age_ms / 1000:.1f} s in the future")
+    event_ms = event.event_timestamp
+    lag_ms = event.publish_timestamp - event_ms
+    if not EVENT_TIME_MIN_MS <= event_ms < EVENT_TIME_MAX_MS:
+        raise TimestampOutOfRange(
+            f"event_timestamp {event_ms} is outside {EVENT_TIME_MIN_MS}..{EVENT_TIME_MAX_MS} "
+            "(epoch ms, years 2000..2099)"
+        )
+    if lag_ms > MAX_EVENT_LAG_MS:
+        raise TimestampOutOfRange(
+            f"event_timestamp {event_ms} is {lag_ms / 1000:.1f} s before publish_timestamp; "
+            f"at most {MAX_EVENT_LAG_MS / 1000:g} s is accepted"
+        )
+    if -lag_ms > skew_ms:
+        raise TimestampOutOfRange(
+            f"event_timestamp {event_ms} is {-lag_ms / 1000:.1f} s after publish_timestamp; "
+            f"at most {skew_ms / 1000:g} s is accepted"
+        )
+
+
+def _check_depth(data: dict[str, Any]) -> None:
+    """Raise MalformedBody if arrays and objects nest deeper than MAX_JSON_DEPTH (no recursion)."""
+    pending = [(value, 2) for value in data.values() if isinstance(value, dict | list)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise MalformedBody(f"body is nested deeper than {MAX_JSON_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
 def _check_storable(name: str, value: str) -> None:

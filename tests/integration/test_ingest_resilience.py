@@ -45,7 +45,7 @@ WEBHOOK = "/webhooks/momento"
 # No route matches this topic, so the tests measure ingest alone, not the workflows behind it.
 CACHE, TOPIC = "ingest-tests", "resilience"
 ERROR_CODES = {
-    400: {"malformed_body"},
+    400: {"malformed_body", "timestamp_out_of_range"},
     401: {"bad_signature", "stale_event"},
     413: {"body_too_large"},
     415: {"unsupported_media_type"},
@@ -380,7 +380,7 @@ def test_worker_killed_mid_load_loses_and_duplicates_nothing_acked(
     stranded = kill_holding_a_batch(first, db)
     stored_at_kill = count_rows(db, "SELECT count(*) FROM events")
     # Takes over the queue at once, and the dead worker's unacked batches once they are older
-    # than the visibility timeout (10 s here; workers scan for such messages every 10 s).
+    # than the visibility timeout (10 s here; workers scan for such messages every 5 s).
     worker_factory("survivor")
     sender.join(120)
     assert not sender.is_alive()
@@ -437,8 +437,9 @@ class Case:
 
 
 @st.composite
-def webhook_bodies(draw: st.DrawFn, seq: int) -> tuple[bytes, bool, bool]:
-    """(body, valid, fresh): a Momento-shaped body, maybe with a broken field or odd timing."""
+def webhook_bodies(draw: st.DrawFn, seq: int) -> tuple[bytes, bool, bool, bool]:
+    """(body, valid, fresh, plausible): a Momento-shaped body, maybe with a broken field or odd
+    timing; plausible: event_timestamp within a day before and 30 s after publish_timestamp."""
     now = int(time.time() * 1000)
     offset_ms = draw(
         st.one_of(
@@ -447,11 +448,20 @@ def webhook_bodies(draw: st.DrawFn, seq: int) -> tuple[bytes, bool, bool]:
             st.integers(120_000, 10**9),  # beyond the 30 s allowed future skew
         )
     )
+    publish_ms = now + offset_ms
+    absurd = draw(st.sampled_from([None, None, None, None, "ns", "s", "old", "ahead"]))
+    event_ms = {
+        None: now - draw(st.integers(0, 5_000)),
+        "ns": publish_ms * 1_000_000,  # a unit mistake: nanoseconds
+        "s": publish_ms // 1_000,  # seconds
+        "old": publish_ms - 86_400_000 - draw(st.integers(1, 10**9)),  # over a day before
+        "ahead": publish_ms + 30_000 + draw(st.integers(1, 10**9)),  # beyond the future skew
+    }[absurd]
     event: dict[str, object] = {
         "cache": draw(names),
         "topic": draw(names),
-        "event_timestamp": now - draw(st.integers(0, 5_000)),
-        "publish_timestamp": now + offset_ms,
+        "event_timestamp": event_ms,
+        "publish_timestamp": publish_ms,
         "topic_sequence_number": seq,
         "token_id": draw(st.text(no_nul, max_size=20)),
         "text": draw(st.text(no_nul, max_size=200)),
@@ -469,16 +479,16 @@ def webhook_bodies(draw: st.DrawFn, seq: int) -> tuple[bytes, bool, bool]:
             valid = False
     # surrogatepass: a lone surrogate sent raw is invalid UTF-8, one sent escaped is valid JSON.
     body = json.dumps(event, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
-    return body, valid, abs(offset_ms) <= 10_000
+    return body, valid, abs(offset_ms) <= 10_000, absurd is None
 
 
 @st.composite
 def requests(draw: st.DrawFn, seq: int) -> Case:
     """A request of any shape, with the answer it must get."""
     kind = draw(st.sampled_from(["webhook", "webhook", "webhook", "json", "bytes", "huge"]))
-    valid = fresh = False
+    valid = fresh = plausible = False
     if kind == "webhook":
-        body, valid, fresh = draw(webhook_bodies(seq))
+        body, valid, fresh, plausible = draw(webhook_bodies(seq))
     elif kind == "json":
         value = draw(
             json_values.filter(lambda v: not isinstance(v, dict) or not KNOWN_FIELDS & set(v))
@@ -506,7 +516,7 @@ def requests(draw: st.DrawFn, seq: int) -> Case:
     names = st.from_regex(r"x-[a-z0-9-]{1,16}", fullmatch=True)
     headers += draw(st.lists(st.tuples(names, header_values), max_size=3))
 
-    # The documented order of checks: media type, size, signature, body, replay window.
+    # The documented order of checks: media type, size, signature, body, replay window, event time.
     if content_type not in JSON_CONTENT_TYPES:
         return Case(body, headers, 415, "unsupported_media_type")
     if len(body) > 65_536:
@@ -517,6 +527,8 @@ def requests(draw: st.DrawFn, seq: int) -> Case:
         return Case(body, headers, 400, "malformed_body")
     if not fresh:
         return Case(body, headers, 401, "stale_event")
+    if not plausible:
+        return Case(body, headers, 400, "timestamp_out_of_range")
     return Case(body, headers, 204, None)
 
 

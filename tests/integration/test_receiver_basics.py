@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from pipeline.config import Settings
+from pipeline.signing import sign
 from tests.conftest import (
     TEST_SECRET,
     ReceiverServer,
@@ -62,6 +68,31 @@ def _signed_raw(raw: bytes) -> Callable[[], tuple[bytes, dict[str, str]]]:
     )
 
 
+def _event_at(event_ms: Callable[[int], int]) -> Callable[[], tuple[bytes, dict[str, str]]]:
+    """A fresh webhook whose event_timestamp is ``event_ms(publish_timestamp)``."""
+
+    def make() -> tuple[bytes, dict[str, str]]:
+        import time
+
+        publish_ms = int(time.time() * 1000)
+        body = {
+            "cache": "chat",
+            "topic": "room-1",
+            "event_timestamp": event_ms(publish_ms),
+            "publish_timestamp": publish_ms,
+            "topic_sequence_number": 1,
+            "text": "x",
+        }
+        return _signed_raw(json.dumps(body).encode())()
+
+    return make
+
+
+def _nested_field(depth: int) -> Callable[[], tuple[bytes, dict[str, str]]]:
+    body, _ = signed_webhook(1)
+    return _signed_raw(body[:-1] + b', "extra": ' + b"[" * depth + b"]" * depth + b"}")
+
+
 def _wrong_content_type() -> tuple[bytes, dict[str, str]]:
     body, headers = signed_webhook(1)
     headers["content-type"] = "text/plain"
@@ -99,6 +130,13 @@ def _too_large() -> tuple[bytes, dict[str, str]]:
             "malformed_body",
         ),
         (_signed_raw(b"\xff\xfe{}"), 400, "malformed_body"),
+        (_signed_raw(b"[" * 60_000), 400, "malformed_body"),  # a RecursionError in json.loads
+        (_signed_raw(b'{"a":' * 12_000), 400, "malformed_body"),
+        (_nested_field(40), 400, "malformed_body"),  # parses, but deeper than 32 levels
+        (_event_at(lambda _: 1_352_408_701_009_006_080), 400, "timestamp_out_of_range"),
+        (_event_at(lambda p: p // 1000), 400, "timestamp_out_of_range"),  # seconds, not ms
+        (_event_at(lambda p: p - 86_400_001), 400, "timestamp_out_of_range"),
+        (_event_at(lambda p: p + 31_000), 400, "timestamp_out_of_range"),
         (_wrong_content_type, 415, "unsupported_media_type"),
         (_too_large, 413, "body_too_large"),
     ],
@@ -128,6 +166,20 @@ def test_unknown_route_and_wrong_method_answer_json(
     assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
     wrong = httpx.get(f"{receiver.url}/webhooks/momento")
     assert (wrong.status_code, wrong.json()["error"]) == (405, "method_not_allowed")
+    assert wrong.headers["allow"] == "POST"
+
+
+def test_wrong_method_on_every_other_route_says_which_are_allowed(
+    db: Settings, receiver_factory: Callable[..., ReceiverServer]
+) -> None:
+    receiver = receiver_factory()
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        for method in ("POST", "PUT", "DELETE", "PATCH"):
+            response = httpx.request(method, f"{receiver.url}{path}")
+            assert response.status_code == 405, (method, path)
+            allowed = sorted(response.headers["allow"].split(", "))  # from a set: any order
+            assert allowed == ["GET", "HEAD"], (method, path)
+            assert response.json()["error"] == "method_not_allowed"
 
 
 def test_old_and_new_secret_both_pass_during_rotation(
@@ -181,3 +233,93 @@ def test_health_ready_metrics_and_openapi(
     assert "pipeline_db_metrics_up 1.0" in metrics
     spec = httpx.get(f"{receiver.url}/openapi.json").json()
     assert "/webhooks/momento" in spec["paths"]
+
+
+# --- hypothesis: no signed JSON body, however odd, gets a 5xx ------------------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+FIELDS = (
+    "cache",
+    "topic",
+    "event_timestamp",
+    "publish_timestamp",
+    "topic_sequence_number",
+    "token_id",
+    "text",
+)
+
+
+@st.composite
+def signed_json_bodies(draw: st.DrawFn) -> bytes:
+    """Any JSON text, most often an object with Momento's fields holding any JSON values."""
+    now = int(time.time() * 1000)
+    kind = draw(st.sampled_from(["webhook", "webhook", "webhook", "any", "deep"]))
+    if kind == "deep":
+        depth = draw(st.integers(1, 3_000))
+        return draw(
+            st.sampled_from([b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth])
+        )
+    if kind == "any":
+        return json.dumps(draw(json_values)).encode()
+    event: dict[str, Any] = {
+        "cache": "hypothesis",
+        "topic": "never-5xx",
+        "event_timestamp": now - 5,
+        "publish_timestamp": now,
+        "topic_sequence_number": 1,
+        "text": "x",
+    }
+    for name in draw(st.lists(st.sampled_from(FIELDS), unique=True, max_size=4)):
+        if "timestamp" in name and draw(st.booleans()):
+            event[name] = now + draw(st.integers(-120_000, 120_000))  # near the window's edges
+        else:
+            event[name] = draw(json_values)
+    event |= draw(st.dictionaries(st.text(max_size=8), json_values, max_size=2))
+    return json.dumps(event, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
+
+
+def test_no_correctly_signed_json_body_gets_a_server_error(
+    db: Settings, receiver_factory: Callable[..., ReceiverServer]
+) -> None:
+    receiver = receiver_factory()
+    seen: set[int] = set()
+    with httpx.Client(base_url=receiver.url, timeout=10) as client:
+
+        @hypothesis_settings(
+            max_examples=200,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )
+        @given(body=signed_json_bodies())
+        def check(body: bytes) -> None:
+            headers = {
+                "content-type": "application/json",
+                "momento-signature": sign(body, TEST_SECRET),
+            }
+            response = client.post("/webhooks/momento", content=body, headers=headers)
+            seen.add(response.status_code)
+            assert response.status_code in (204, 400, 401), response.text
+            if response.status_code != 204:
+                assert response.json()["error"] in (
+                    "malformed_body",
+                    "timestamp_out_of_range",
+                    "stale_event",
+                )
+
+        check()
+    assert {204, 400} <= seen, f"the strategy reaches too few outcomes: {seen}"

@@ -4,9 +4,12 @@ A run marks the windows that new rows touch, then recomputes exactly those windo
 tables with one ``INSERT … SELECT … GROUP BY … ON CONFLICT DO UPDATE`` per batch of windows; a
 row whose values did not change is not rewritten, so a re-run changes nothing. Events fall in
 windows by ``event_timestamp``, duplicate deliveries by ``received_at``, lost ranges by
-``declared_at``. New rows are found by id (pipeline.watermark keeps that safe against ids that
-commit out of order). A lost range can also vanish (its number arrived after all), so windows
-with lost messages of topics that got late events are compared with lost_ranges.
+``declared_at``. Events with an ``event_timestamp`` outside the years the receiver accepts
+(``pipeline.events.EVENT_TIME_MIN_MS``/``MAX_MS``) fall in no window: they are counted, and
+skipped, so that one absurd row cannot stop the roll-ups of every topic. New rows are found by
+id (pipeline.watermark keeps that safe against ids that commit out of order). A lost range can
+also vanish (its number arrived after all), so windows with lost messages of topics that got
+late events are compared with lost_ranges.
 
 Work is done in bounded chunks of ids and batches of windows, each its own transaction, so no
 memory grows with a backlog, and a crash only means the next run repeats idempotent work. A
@@ -30,6 +33,7 @@ from sqlalchemy import Connection, Engine, text
 
 from pipeline import rollup_sql as sql
 from pipeline import watermark
+from pipeline.events import EVENT_TIME_MAX_MS, EVENT_TIME_MIN_MS
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +48,14 @@ Key = tuple[str, str, int]
 
 @dataclass(frozen=True, slots=True)
 class RollupReport:
-    """What one run did (``skipped``: another run of the same window length held the lock)."""
+    """What one run did (``skipped``: another run of the same window length held the lock).
+
+    ``events_out_of_range``: events read whose event_timestamp no window can hold (skipped).
+    """
 
     window_s: int
     windows_marked: int = 0
+    events_out_of_range: int = 0
     windows_written: int = 0
     ids_scanned: int = 0
     settled_event_id: int = 0
@@ -91,6 +99,12 @@ def rollup(
         conn.execute(text("SELECT pg_advisory_unlock(:key, :window_s)"), lock)
         conn.commit()
     report = replace(report, elapsed_s=time.perf_counter() - started)
+    if report.events_out_of_range:
+        logger.warning(
+            "rollup skipped events with event_timestamp out of range window_s=%d count=%d",
+            window_s,
+            report.events_out_of_range,
+        )
     logger.info(
         "rollup window_s=%d marked=%d written=%d ids=%d scan=%s elapsed_s=%.3f",
         window_s,
@@ -121,13 +135,16 @@ def _run(
     conn.execute(text("TRUNCATE rollup_dirty, rollup_touched"))
     conn.commit()
     params = {"window_s": window_s, "window_ms": window_s * 1000}
-    ids = 0
+    in_range = {"min_ms": EVENT_TIME_MIN_MS, "max_ms": EVENT_TIME_MAX_MS}
+    ids = out_of_range = 0
     for ranges in (todo.recheck, todo.scan):
         for source, (low, high) in ranges.items():
             ids += high - low if source == "events" else 0
             for lo in range(low, high, ID_CHUNK):
-                chunk = {**params, "lo": lo, "hi": min(lo + ID_CHUNK, high)}
-                conn.execute(text(sql.MARK_SQL[source]), chunk)
+                chunk = {**params, **in_range, "lo": lo, "hi": min(lo + ID_CHUNK, high)}
+                result = conn.execute(text(sql.MARK_SQL[source]), chunk)
+                if source == "events":
+                    out_of_range += int(result.scalar_one())
                 conn.commit()
     conn.execute(text(sql.MARK_UNLOST_SQL), params)
     marked_at = time.perf_counter()
@@ -158,6 +175,7 @@ def _run(
     return RollupReport(
         window_s,
         windows_marked=marked,
+        events_out_of_range=out_of_range,
         windows_written=written,
         ids_scanned=ids,
         settled_event_id=todo.marks["events"].settled_id,

@@ -9,7 +9,8 @@ a large first cleanup neither bloats one transaction nor holds locks for long. L
 kept: they are small and they are what `pipeline stats` lists.
 
 An expired event is also kept while a workflow still needs it: an ordered route's driver has not
-reached it yet (it is ahead of a route cursor of its topic), a run of it is in flight
+reached it yet (it is ahead of a route cursor of its topic, or an ordered route matches its topic
+and has no cursor there yet: ``ordered`` names those routes), a run of it is in flight
 (``running``), or a workflow dead letter for it is unresolved (``pipeline replay`` re-runs it
 from the stored event). Once that is over, the next run deletes it.
 """
@@ -17,6 +18,8 @@ from the stored event). Once that is over, the next run deletes it.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -35,6 +38,12 @@ DELETE FROM events WHERE id IN (
         SELECT 1 FROM route_cursors c
         WHERE c.cache = e.cache AND c.topic = e.topic
           AND (e.epoch, e.topic_sequence_number, e.id) > (c.epoch, c.seq, c.event_id))
+      AND NOT EXISTS (
+        SELECT 1 FROM unnest(CAST(:routes AS text[]), CAST(:cache_res AS text[]),
+                             CAST(:topic_res AS text[])) AS r(route, cache_re, topic_re)
+        WHERE e.cache ~ r.cache_re AND e.topic ~ r.topic_re
+          AND NOT EXISTS (SELECT 1 FROM route_cursors c
+                          WHERE c.route = r.route AND c.cache = e.cache AND c.topic = e.topic))
       AND e.id NOT IN (SELECT event_id FROM workflow_runs WHERE status = 'running')
       AND e.id::text NOT IN (
         SELECT payload ->> 'event_id' FROM dead_letters
@@ -65,16 +74,45 @@ def retention_cutoff(retention_days: float, now: datetime | None = None) -> date
     return (now or datetime.now(UTC)) - timedelta(days=retention_days)
 
 
+def glob_regex(pattern: str) -> str:
+    """A Postgres regular expression matching what ``fnmatch.fnmatchcase(name, pattern)`` does."""
+    out, i = ["^"], 0
+    while i < len(pattern):
+        char, i = pattern[i], i + 1
+        end = pattern.find("]", i + 1) if char == "[" else -1
+        if char == "*":
+            out.append(".*")
+        elif char == "?":
+            out.append(".")
+        elif end > 0:  # a character class, "[!...]" negated
+            body = pattern[i:end].replace("\\", "\\\\")
+            out.append("[^" + body[1:] + "]" if body.startswith("!") else "[" + body + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(char))
+    return "".join([*out, "$"])
+
+
 def delete_expired(
     engine: Engine,
     retention_days: float,
     window_s: int,
     *,
+    ordered: Iterable[tuple[str, str, str]] = (),
     now: datetime | None = None,
     chunk: int = CHUNK,
 ) -> RetentionReport:
-    """Delete expired raw rows (already rolled up for ``window_s``) in chunks; return counts."""
+    """Delete expired raw rows (already rolled up for ``window_s``) in chunks; return counts.
+
+    ``ordered`` lists the ordered routes as (name, cache glob, topic glob).
+    """
     cutoff = retention_cutoff(retention_days, now)
+    routes = list(ordered)
+    patterns = {
+        "routes": [name for name, _, _ in routes],
+        "cache_res": [glob_regex(cache) for _, cache, _ in routes],
+        "topic_res": [glob_regex(topic) for _, _, topic in routes],
+    }
     with engine.connect() as conn:
         rows = conn.execute(
             text("SELECT source, settled_id FROM rollup_watermarks WHERE window_s = :w"),
@@ -84,7 +122,7 @@ def delete_expired(
         conn.commit()
         counts: dict[str, int] = {}
         for name, statement in _DELETE.items():
-            params = {"cutoff": cutoff, "settled": settled.get(name, 0), "n": chunk}
+            params = {"cutoff": cutoff, "settled": settled.get(name, 0), "n": chunk, **patterns}
             total = 0
             while True:
                 deleted = conn.execute(text(statement), params).rowcount

@@ -40,21 +40,31 @@ ON CONFLICT DO NOTHING
 }
 MARK_SQL["events"] = """
 WITH touched AS MATERIALIZED (
-    SELECT cache, topic, event_timestamp / :window_ms AS bucket, bool_or(arrival = 'late') AS late
+    SELECT cache, topic,
+        CASE WHEN event_timestamp >= :min_ms AND event_timestamp < :max_ms
+            THEN event_timestamp / :window_ms END AS bucket,
+        bool_or(arrival = 'late') AS late, count(*) AS n
     FROM events
     WHERE id > :lo AND id <= :hi AND event_timestamp IS NOT NULL
     GROUP BY 1, 2, 3
 ), windows AS (
     INSERT INTO rollup_dirty (cache, topic, bucket)
-    SELECT cache, topic, bucket FROM touched
+    SELECT cache, topic, bucket FROM touched WHERE bucket IS NOT NULL
+    ON CONFLICT DO NOTHING
+), late AS (
+    INSERT INTO rollup_touched (cache, topic)
+    SELECT DISTINCT cache, topic FROM touched WHERE late
     ON CONFLICT DO NOTHING
 )
-INSERT INTO rollup_touched (cache, topic)
-SELECT DISTINCT cache, topic FROM touched WHERE late
-ON CONFLICT DO NOTHING
+SELECT coalesce(sum(n), 0) FROM touched WHERE bucket IS NULL
 """
 """Per source: mark the windows of the rows with ids in (lo, hi]; events also note the topics
-that got late arrivals (rollup_touched), for MARK_UNLOST_SQL."""
+that got late arrivals (rollup_touched), for MARK_UNLOST_SQL.
+
+Events with an ``event_timestamp`` outside [min_ms, max_ms) mark no window (one such row would
+otherwise fail every run, ``to_timestamp`` out of range, for all topics); the events statement
+returns how many it skipped.
+"""
 
 MARK_UNLOST_SQL = """
 WITH declared AS (

@@ -17,6 +17,7 @@ from pipeline.config import Settings, get_settings
 from pipeline.db import get_engine
 from pipeline.errors import MomentoError
 from pipeline.retention import delete_expired, retention_cutoff
+from pipeline.routes import routes_for
 
 logger = get_task_logger(__name__)
 
@@ -49,6 +50,7 @@ def rollup(self: Task) -> dict[str, int]:
         "skipped": int(report.skipped),
         "windows": report.windows_written,
         "remaining_ids": report.remaining_ids,
+        "out_of_range": report.events_out_of_range,
         "published": publish_summaries(settings),
     }
 
@@ -88,7 +90,11 @@ def publish_summaries(settings: Settings) -> int:
 def retention() -> dict[str, int]:
     """Delete raw rows older than PIPELINE_RETENTION_DAYS that are already rolled up."""
     settings = get_settings()
+    ordered = [(r.name, r.cache, r.topic) for r in routes_for(settings) if r.ordered]
     report = delete_expired(
-        get_engine(settings), settings.pipeline_retention_days, settings.pipeline_rollup_window_s
+        get_engine(settings),
+        settings.pipeline_retention_days,
+        settings.pipeline_rollup_window_s,
+        ordered=ordered,
     )
     return {"events": report.events, "duplicates": report.duplicates, "batches": report.batches}

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, text
 
-from pipeline.aggregation import LOCK_KEY, rollup
+from pipeline.aggregation import LOCK_KEY, Mode, rollup
 from pipeline.config import Settings
 from pipeline.db import get_engine, session_scope
 from pipeline.ingest import store_webhook_batch
@@ -140,7 +140,13 @@ def test_rerun_changes_nothing_and_new_rows_touch_only_their_windows(db: Setting
 
 
 def insert_event(
-    conn: Connection, seq: int, event_ms: int, *, topic: str = "room-1", arrival: str = "in_order"
+    conn: Connection,
+    seq: int,
+    event_ms: int,
+    *,
+    topic: str = "room-1",
+    arrival: str = "in_order",
+    received_ms: int | None = None,
 ) -> None:
     conn.execute(
         text(
@@ -153,7 +159,9 @@ def insert_event(
             "topic": topic,
             "seq": seq,
             "ev": event_ms,
-            "rx": datetime.fromtimestamp((event_ms + 20) / 1000, UTC),
+            "rx": datetime.fromtimestamp(
+                (event_ms + 20 if received_ms is None else received_ms) / 1000, UTC
+            ),
             "key": f"t{event_ms}:{seq}",
             "arrival": arrival,
         },
@@ -256,3 +264,29 @@ def test_windows_before_keep_after_are_never_recomputed(db: Settings) -> None:
         insert_event(conn, 2, BASE_MS + 2_000)
     rollup(engine, WINDOW_S, keep_after=window(0) + timedelta(seconds=1))
     assert rollups(db)[0]["events"] == 1
+
+
+@pytest.mark.parametrize("bad_ms", [1_352_408_701_009_006_080, 2**63 - 8, 0, 1_700_000_000])
+def test_an_event_with_an_absurd_time_is_skipped_and_other_topics_still_roll_up(
+    db: Settings, bad_ms: int
+) -> None:
+    engine = get_engine(db)
+    with engine.begin() as conn:
+        insert_event(conn, 1, BASE_MS + 1_000, topic="room-1")
+        # stored before the receiver checked event_timestamp
+        insert_event(conn, 1, bad_ms, topic="broken", received_ms=BASE_MS + 1_500)
+        insert_event(conn, 2, BASE_MS + 2_000, topic="broken")
+        insert_event(conn, 1, BASE_MS + 61_000, topic="room-2")
+    modes: tuple[Mode, ...] = ("seek", "scan")
+    for mode in modes:
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE rollups, rollup_watermarks"))
+        report = rollup(engine, WINDOW_S, mode=mode)
+        assert report.events_out_of_range == 1
+        assert [(r["topic"], r["window_start"], r["events"]) for r in rollups(db)] == [
+            ("broken", window(0), 1),
+            ("room-1", window(0), 1),
+            ("room-2", window(1), 1),
+        ]
+    again = rollup(engine, WINDOW_S)
+    assert (again.events_out_of_range, again.windows_written) == (0, 0)

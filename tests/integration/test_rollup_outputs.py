@@ -93,6 +93,28 @@ def test_retention_keeps_expired_events_a_workflow_still_needs(db: Settings) -> 
     assert left() == []
 
 
+def test_retention_keeps_expired_events_of_an_ordered_route_that_has_not_started_the_topic(
+    db: Settings,
+) -> None:
+    old = BASE_MS - 10 * DAY_MS
+    store(db, *(item(s, old + s * 1_000, old + s * 1_000 + 7) for s in range(1, 4)))
+    store(db, item(1, old, old + 7, topic="other"))
+    engine = get_engine(db)
+    rollup(engine, WINDOW_S)
+    ordered = [("relay", "ch*", "room-?")]  # matches room-1, not "other"; no cursor yet
+    assert delete_expired(engine, 7, WINDOW_S, ordered=ordered).events == 1
+    assert count_rows(db, "SELECT count(*) FROM events WHERE topic = 'room-1'") == 3
+    with engine.begin() as conn:  # the route has run the whole topic
+        conn.execute(
+            text(
+                "INSERT INTO route_cursors (route, cache, topic, epoch, seq, event_id)"
+                " SELECT 'relay', cache, topic, epoch, topic_sequence_number, id FROM events"
+                " ORDER BY id DESC LIMIT 1"
+            )
+        )
+    assert delete_expired(engine, 7, WINDOW_S, ordered=ordered).events == 3
+
+
 def test_finished_windows_are_published_once_and_again_when_they_change(db: Settings) -> None:
     b = BASE_MS
     store(db, item(1, b + 1_000, b + 1_005), item(2, b + 61_000, b + 61_009))

@@ -4,7 +4,7 @@ Basic auth is always on: FLOWER_USER / FLOWER_PASSWORD, or a password generated 
 PIPELINE_HOME/flower-password. `pipeline flower` applies the same rule.
 """
 
+from pipeline.cli.flower import basic_auth as _basic_auth
 from pipeline.config import get_settings
-from pipeline.flower import basic_auth as _basic_auth
 
 basic_auth = [_basic_auth(get_settings())]

@@ -50,9 +50,9 @@ publish = { cache = "{cache}", topic = "out" }
 @click.option("--keep-home", is_flag=True, help="Keep the temporary PIPELINE_HOME (logs, data).")
 def main(batches: int, batch_size: int, warmup: int, added_rtt_ms: float, keep_home: bool) -> None:
     """Store and drive ``batches`` batches; report CPU and wall time per event."""
-    from pipeline import migrate
+    from pipeline.cli import migrate
     from pipeline.config import Settings
-    from pipeline.services import running_services
+    from pipeline.stores import running_services
 
     home = Path(tempfile.mkdtemp(prefix="driver-bench-"))
     routes = home / "routes.toml"
@@ -86,12 +86,12 @@ def main(batches: int, batch_size: int, warmup: int, added_rtt_ms: float, keep_h
 
 
 def measure(batches: int, batch_size: int, warmup: int, added_rtt_ms: float) -> None:
-    from pipeline import momento_client
     from pipeline.config import get_settings
-    from pipeline.dispatch import hand_over
     from pipeline.emulator.webhooks import build_body
-    from pipeline.ingest import store_batch
-    from pipeline.sequencer import policy_from
+    from pipeline.ingest.store import store_batch
+    from pipeline.outbound import momento_client
+    from pipeline.sequencing.store import policy_from
+    from pipeline.workflows.dispatch import hand_over
     from tasks.workflows import drive_here, run_here
 
     if added_rtt_ms:

@@ -36,10 +36,10 @@ import click
 import httpx
 import psutil
 
-from pipeline import migrate
-from pipeline import momento_client as mc
+from pipeline.cli import migrate
 from pipeline.config import Settings
-from pipeline.services import running_services
+from pipeline.outbound import momento_client as mc
+from pipeline.stores import running_services
 
 CACHE, INBOUND, OUTBOUND = "bench", "in", "out"
 SECRET = "benchmark-secret-0123456789"

@@ -4,7 +4,7 @@ Starts ``python -m pipeline.emulator`` on a free port, then runs, with one subsc
   sync        TopicClient, sequential publishes, SDK sync iterator
   async       TopicClientAsync, sequential awaits, SDK async iterator
   async-N     TopicClientAsync, N publishes in flight (throughput; numbers must stay consecutive)
-  resilient   TopicClient publishes, pipeline.momento_client.ResilientSubscription
+  resilient   TopicClient publishes, pipeline.outbound.momento_client.ResilientSubscription
   cache       CacheClient set+get per operation
 Latency runs from just before ``publish()`` to the moment the subscriber gets the item.
 
@@ -39,8 +39,8 @@ from momento import (
     TopicConfigurations,
 )
 
-from pipeline import momento_client as mc
 from pipeline.config import Settings
+from pipeline.outbound import momento_client as mc
 
 CACHE = "bench"
 STOP = "stop"

@@ -500,7 +500,7 @@ def main() -> int:
                 flush=True,
             )
     from pipeline.config import Settings
-    from pipeline.services import running_services
+    from pipeline.stores import running_services
 
     home = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     try:
@@ -526,7 +526,7 @@ def run(
     broker_url: str,
 ) -> int:
     """Start receiver and workers, send the load, wait for storage, report."""
-    from pipeline import migrate
+    from pipeline.cli import migrate
     from pipeline.config import Settings
 
     migrate.upgrade(Settings(database_url=database_url, pipeline_home=home))

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, text
 
-from pipeline import migrate
-from pipeline.aggregation import rollup
+from pipeline.aggregation.rollups import rollup
+from pipeline.cli import migrate
 from pipeline.config import Settings
-from pipeline.services import EmbeddedPostgres
+from pipeline.stores import EmbeddedPostgres
 
 WINDOW_S = 60
 BASE_MS = 1_790_000_000_000  # an arbitrary start of event time, aligned to a minute

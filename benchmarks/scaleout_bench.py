@@ -182,10 +182,10 @@ def run_once(args: argparse.Namespace, workers: int) -> Result:
     """Fresh services, receiver, emulator and ``workers`` workers; send, wait, check."""
     from sqlalchemy import create_engine, text
 
-    from pipeline import migrate
-    from pipeline import momento_client as mc
+    from pipeline.cli import migrate
     from pipeline.config import Settings
-    from pipeline.services import running_services
+    from pipeline.outbound import momento_client as mc
+    from pipeline.stores import running_services
 
     home = Path(tempfile.mkdtemp(prefix=f"scaleout-{workers}-"))
     processes: list[subprocess.Popen[bytes]] = []

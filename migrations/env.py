@@ -37,7 +37,7 @@ def _run(connection: Connection) -> None:
 
 
 def run_migrations_online() -> None:
-    """Migrate through a given connection (pipeline.migrate) or the configured engine."""
+    """Migrate through a given connection (pipeline.cli.migrate) or the configured engine."""
     connection = config.attributes.get("connection")
     if connection is not None:
         _run(connection)

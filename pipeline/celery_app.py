@@ -15,7 +15,7 @@ from celery.signals import worker_process_init
 from kombu import Exchange, Queue
 
 from pipeline.config import Settings, get_settings
-from pipeline.services import DEFAULT_BROKER_PORT, EmbeddedBroker
+from pipeline.stores import DEFAULT_BROKER_PORT, EmbeddedBroker
 
 QUEUES = ("ingest", "sequence", "workflows", "publish", "aggregate")
 TASK_MODULES = (
@@ -91,7 +91,7 @@ def build_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {f"tasks.{name}.*": {"queue": name} for name in QUEUES}
         | {"tasks.ingest.*": {"queue": "ingest"}, "tasks.examples.*": {"queue": "workflows"}},
         # Redis redelivers a message nobody acked within the visibility timeout. Live workers
-        # re-stamp what they hold every second (pipeline.held_deliveries), so the timeout is how
+        # re-stamp what they hold every second (ingest.held_deliveries), so the timeout is how
         # long a holder has been gone, not how long a task or a retry countdown may take.
         "broker_transport_options": {
             "visibility_timeout": settings.pipeline_visibility_timeout_s,
@@ -116,7 +116,7 @@ def build_config(settings: Settings) -> dict[str, Any]:
 
 def create_app() -> Celery:
     """The Celery app, configured lazily from Settings."""
-    from pipeline.held_deliveries import KeepHeld
+    from pipeline.ingest.held_deliveries import KeepHeld
 
     celery = Celery("pipeline", include=list(TASK_MODULES))
     celery.add_defaults(lambda: build_config(get_settings()))

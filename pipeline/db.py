@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import Settings, get_settings
 from pipeline.errors import ConfigError
-from pipeline.services import EmbeddedPostgres
+from pipeline.stores import EmbeddedPostgres
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()

@@ -100,7 +100,7 @@ class DeadLetter(Base):
 
 
 class TopicCursorRow(Base):
-    """A topic's sequencing state (pipeline.topic_cursor.TopicCursor as JSON), one row per topic.
+    """A topic's sequencing state (sequencing.state.TopicCursor as JSON), one row per topic.
 
     The row is locked FOR UPDATE while a batch is sequenced, in the transaction that stores the
     batch, so concurrent workers take turns per topic and no event is fed twice or skipped.
@@ -160,7 +160,7 @@ class DuplicateDelivery(Base):
 
 
 class Rollup(Base):
-    """Per (cache, topic, window) aggregates, recomputed idempotently by pipeline.aggregation.
+    """Per (cache, topic, window) aggregates, recomputed idempotently by aggregation.rollups.
 
     Events fall in windows by event_timestamp, duplicate deliveries by received_at and lost
     ranges by declared_at. ``published_at`` is set once the window's summary was published.
@@ -207,7 +207,7 @@ class RollupWatermark(Base):
     ``source`` is events, duplicates or lost. Rows with id <= ``settled_id`` are rolled up for
     good. Rows up to ``scanned_id`` were rolled up as far as they were visible; rows of the
     transactions in ``unsettled_xids`` (running at that scan) may still appear below it, so they
-    are looked for once those transactions end (see pipeline.watermark).
+    are looked for once those transactions end (see pipeline.aggregation.watermark).
     """
 
     __tablename__ = "rollup_watermarks"

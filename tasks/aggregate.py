@@ -11,13 +11,14 @@ from celery import Task
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from pipeline import aggregation, summaries
+from pipeline.aggregation import rollups as aggregation
+from pipeline.aggregation import summaries
+from pipeline.aggregation.retention import delete_expired, retention_cutoff
 from pipeline.celery_app import app
 from pipeline.config import Settings, get_settings
 from pipeline.db import get_engine
 from pipeline.errors import MomentoError
-from pipeline.retention import delete_expired, retention_cutoff
-from pipeline.routes import routes_for
+from pipeline.workflows.routes import routes_for
 
 logger = get_task_logger(__name__)
 

@@ -8,7 +8,7 @@
 - ``fx_rate`` / ``fx_order``: cache each pair's latest rate with a short TTL; accept an order if a
   live cached rate satisfies its limit, else expire it.
 
-Every workflow receives the event as a dict (``pipeline.workflows.event_view``).
+Every workflow receives the event as a dict (``pipeline.workflows.results.event_view``).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Any
 from celery import chain, chord, group
 from celery.canvas import Signature
 
-from pipeline import momento_client
 from pipeline.celery_app import app
 from pipeline.config import get_settings
 from pipeline.db import get_engine
-from pipeline.outbox import latest_cache_value
-from pipeline.workflows import output
+from pipeline.outbound import momento_client
+from pipeline.workflows.outbox import latest_cache_value
+from pipeline.workflows.results import output
 
 BANNED_WORDS = ("darn", "heck", "frak")
 WEATHER_KEY = "latest:{location}"  # the weather route's cache_set.key in routes.toml

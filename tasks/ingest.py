@@ -15,10 +15,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from pipeline.celery_app import app, broker_url
 from pipeline.config import Settings, get_settings
 from pipeline.db import transaction
-from pipeline.dispatch import hand_over
-from pipeline.ingest import StoreResult, dead_letter, store_batch
-from pipeline.ingest_ledger import sequencing_horizon, settle_stored
-from pipeline.sequencer import policy_from
+from pipeline.ingest.ledger import sequencing_horizon, settle_stored
+from pipeline.ingest.store import StoreResult, dead_letter, store_batch
+from pipeline.sequencing.store import policy_from
+from pipeline.workflows.dispatch import hand_over
 from tasks.workflows import drive_here, run_here, serves_workflows
 
 logger = get_task_logger(__name__)
@@ -51,7 +51,7 @@ def store_webhooks(self: Task, items: list[list[Any]]) -> dict[str, int]:
 
     The task keeps its broker message while it waits instead of re-sending itself (Celery's
     retry would): the batch keeps its place in the queue's order, and stays held by this live
-    worker (``pipeline.held_deliveries``), so nothing else runs it meanwhile. A batch that fails
+    worker (``ingest.held_deliveries``), so nothing else runs it meanwhile. A batch that fails
     for any other reason is dead-lettered whole, not retried: the same input would fail again.
     """
     settings = get_settings()

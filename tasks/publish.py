@@ -10,7 +10,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from pipeline.celery_app import app
 from pipeline.config import get_settings
 from pipeline.db import get_engine
-from pipeline.publisher import Publisher, SendReport
+from pipeline.outbound.publisher import Publisher, SendReport
 
 logger = get_task_logger(__name__)
 

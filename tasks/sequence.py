@@ -8,8 +8,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from pipeline.celery_app import app, broker_url
 from pipeline.config import get_settings
 from pipeline.db import session_scope
-from pipeline.ingest_ledger import sequencing_horizon
-from pipeline.sequencer import policy_from, tick
+from pipeline.ingest.ledger import sequencing_horizon
+from pipeline.sequencing.store import policy_from, tick
 
 logger = get_task_logger(__name__)
 

@@ -11,17 +11,17 @@ from celery import Task
 from celery.signals import worker_init
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from pipeline.backpressure import LagReporter
 from pipeline.celery_app import app, broker_url
 from pipeline.config import get_settings
 from pipeline.db import get_engine
-from pipeline.dispatch import sweep as sweep_stalled
 from pipeline.errors import RoutesError
-from pipeline.ordering import Places
-from pipeline.publisher import Publisher
-from pipeline.routes import Route, routes_for
-from pipeline.runner import INLINE_BUDGET_S, Mode, WorkflowRunner
-from pipeline.runs import backoff_s
+from pipeline.outbound.publisher import Publisher
+from pipeline.workflows.backpressure import LagReporter
+from pipeline.workflows.dispatch import sweep as sweep_stalled
+from pipeline.workflows.route_cursors import Places
+from pipeline.workflows.routes import Route, routes_for
+from pipeline.workflows.runner import INLINE_BUDGET_S, Mode, WorkflowRunner
+from pipeline.workflows.runs import backoff_s
 
 DB_ERRORS = (OperationalError, InterfaceError)
 RETRY = {

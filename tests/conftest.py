@@ -1,7 +1,7 @@
 """Session fixtures: real Postgres, real broker, real Celery workers.
 
 ``DATABASE_URL`` / ``CELERY_BROKER_URL`` point the tests at servers you run; unset, the tests
-start embedded ones (pipeline.services) in a temporary directory. Nothing is mocked and nothing is
+start embedded ones (pipeline.stores) in a temporary directory. Nothing is mocked and nothing is
 skipped: if a server cannot start, the tests fail.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from pipeline import migrate
+from pipeline.cli import migrate
 from pipeline.config import Settings, get_settings
-from pipeline.services import EmbeddedBroker, EmbeddedPostgres
+from pipeline.stores import EmbeddedBroker, EmbeddedPostgres
 
 TEST_SECRET = "test-secret-0123456789"
 
@@ -253,8 +253,8 @@ class ReceiverServer:
 
 @pytest.fixture
 def receiver_factory(settings: Settings) -> Iterator[Callable[..., ReceiverServer]]:
-    """Start receivers built by pipeline.receiver.create_app; stopped after the test."""
-    from pipeline.receiver import create_app
+    """Start receivers built by pipeline.ingest.receiver.create_app; stopped after the test."""
+    from pipeline.ingest.receiver import create_app
 
     started: list[ReceiverServer] = []
 
@@ -280,7 +280,7 @@ def signed_webhook(
     """A Momento webhook body and its headers, signed like Momento signs them."""
     import json
 
-    from pipeline.signing import sign
+    from pipeline.ingest.signing import sign
 
     now = int(time.time() * 1000) if publish_ms is None else publish_ms
     body = json.dumps(

@@ -16,7 +16,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import create_engine, text
 
-from pipeline.signing import sign
+from pipeline.ingest.signing import sign
 from tests.conftest import embedded_env, wait_for
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import momento_client as mc
 from pipeline.config import Settings
 from pipeline.emulator import EmulatorServer
+from pipeline.outbound import momento_client as mc
 from tests.conftest import ReceiverServer, WorkerProcess, count_rows, queued_messages, wait_for
 from tests.e2e.workflow_support import Stack, beat, client_settings, subscribed
 from tests.integration.emulator_support import unique

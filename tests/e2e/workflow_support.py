@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import momento_client as mc
 from pipeline.config import Settings
 from pipeline.emulator import EmulatorServer
+from pipeline.outbound import momento_client as mc
 from tests.conftest import TEST_SECRET, ReceiverServer, WorkerProcess
 
 WEBHOOK_PATH = "/webhooks/momento"

@@ -1,6 +1,6 @@
 """Roll-ups against real Postgres: every column, idempotent re-runs, out-of-order commits.
 
-Events are stored through the real storage path (pipeline.ingest + pipeline.sequencer, in this
+Events are stored through the real storage path (ingest.store + sequencing.store, in this
 process) or, where a test needs exact control of ids and transactions, by plain INSERTs.
 """
 
@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, text
 
-from pipeline.aggregation import LOCK_KEY, Mode, rollup
+from pipeline.aggregation.rollups import LOCK_KEY, Mode, rollup
 from pipeline.config import Settings
 from pipeline.db import get_engine, session_scope
-from pipeline.ingest import store_webhook_batch
-from pipeline.sequencing import SequencePolicy
+from pipeline.ingest.store import store_webhook_batch
+from pipeline.sequencing.rules import SequencePolicy
 
 WINDOW_S = 60
 POLICY = SequencePolicy(reorder_window_ms=500, reset_idle_ms=1_000)

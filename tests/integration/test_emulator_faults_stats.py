@@ -13,12 +13,12 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
-from pipeline.aggregation import rollup
+from pipeline.aggregation.rollups import rollup
+from pipeline.aggregation.stats import gather_stats
 from pipeline.config import Settings
 from pipeline.db import get_engine, session_scope
 from pipeline.emulator import EmulatorServer
-from pipeline.sequencer import policy_from, tick
-from pipeline.stats import gather_stats
+from pipeline.sequencing.store import policy_from, tick
 from tests.conftest import TEST_SECRET, ReceiverServer, WorkerProcess, wait_for
 from tests.integration.emulator_support import topic_client
 from tests.integration.test_sequencing_db import REORDER_WINDOW_S, WORKER_ENV, received

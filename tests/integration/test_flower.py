@@ -68,7 +68,7 @@ def test_authenticated_user_sees_the_pipeline_queues(flower_url: str) -> None:
 
 
 def test_generated_password_is_kept_private_and_stable(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from pipeline.flower import flower_password
+    from pipeline.cli.flower import flower_password
 
     settings = Settings(pipeline_home=tmp_path)
     first = flower_password(settings)

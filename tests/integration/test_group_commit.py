@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 
-from pipeline import backpressure
-from pipeline.batcher import Backlog, GroupCommitter, RedisPush
+from pipeline.ingest.group_commit import Backlog, GroupCommitter, RedisPush
+from pipeline.workflows import backpressure
 
 
 async def send_spaced(url: str, key: str, count: int, max_wait_s: float) -> None:

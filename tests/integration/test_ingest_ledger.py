@@ -10,11 +10,11 @@ from collections.abc import Callable
 
 import redis
 
-from pipeline import held_deliveries, ingest_ledger
-from pipeline.batcher import INGEST_QUEUE, redis_sender
 from pipeline.config import Settings
-from pipeline.ingest import store_batch
-from pipeline.sequencing import SequencePolicy
+from pipeline.ingest import held_deliveries, store_batch
+from pipeline.ingest import ledger as ingest_ledger
+from pipeline.ingest.group_commit import INGEST_QUEUE, redis_sender
+from pipeline.sequencing.rules import SequencePolicy
 from tests.conftest import WorkerProcess, count_rows, signed_webhook, wait_for
 
 

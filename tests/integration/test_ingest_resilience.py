@@ -28,10 +28,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from pipeline import migrate
+from pipeline.cli import migrate
 from pipeline.config import Settings
-from pipeline.services import EmbeddedBroker, EmbeddedPostgres
-from pipeline.signing import sign
+from pipeline.ingest.signing import sign
+from pipeline.stores import EmbeddedBroker, EmbeddedPostgres
 from tests.conftest import (
     TEST_SECRET,
     ReceiverServer,
@@ -399,7 +399,7 @@ def test_worker_killed_mid_load_loses_and_duplicates_nothing_acked(
 INT_FIELDS = ("topic_sequence_number", "event_timestamp", "publish_timestamp")
 NAME_FIELDS = ("cache", "topic")
 KNOWN_FIELDS = {*INT_FIELDS, *NAME_FIELDS, "token_id", "text"}
-# Values each field must refuse (the model, written down independently of pipeline.events).
+# Values each field must refuse (the model, written down independently of pipeline.ingest.events).
 WRONG_VALUES: dict[str, list[object]] = {
     **{name: ["1", 1.5, True, None, -1, 2**63, [], {}] for name in INT_FIELDS},
     **{name: [1, None, True, [], {}, "", "x" * 256, "a\x00b", "\ud800"] for name in NAME_FIELDS},

@@ -8,7 +8,7 @@ import sys
 
 from sqlalchemy import inspect
 
-from pipeline import migrate
+from pipeline.cli import migrate
 from pipeline.config import Settings
 from pipeline.db import get_engine
 

@@ -1,4 +1,4 @@
-"""pipeline.momento_client against the emulator: clients from Settings, errors, subscriptions."""
+"""outbound.momento_client against the emulator: clients from Settings, errors, subscriptions."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline import momento_client as mc
 from pipeline.config import Settings
 from pipeline.emulator import EmulatorServer
 from pipeline.errors import MomentoError
+from pipeline.outbound import momento_client as mc
 from tests.integration.emulator_support import run, unique
 
 CACHE = "client-tests"

@@ -9,15 +9,15 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, text
 
-from pipeline import ordering
 from pipeline.config import Settings
 from pipeline.db import get_engine
-from pipeline.outbox import commit_result
-from pipeline.publisher import Publisher, try_lock, unlock
-from pipeline.routes import load_routes
-from pipeline.runner import WorkflowRunner
-from pipeline.sequencing import Delivery, SequencePolicy, advance
-from pipeline.topic_cursor import TopicCursor
+from pipeline.outbound.publisher import Publisher, try_lock, unlock
+from pipeline.sequencing.rules import Delivery, SequencePolicy, advance
+from pipeline.sequencing.state import TopicCursor
+from pipeline.workflows import route_cursors as ordering
+from pipeline.workflows.outbox import commit_result
+from pipeline.workflows.routes import load_routes
+from pipeline.workflows.runner import WorkflowRunner
 
 
 def stored_event(conn: Connection, seq: int) -> int:

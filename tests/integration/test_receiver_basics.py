@@ -14,7 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from pipeline.config import Settings
-from pipeline.signing import sign
+from pipeline.ingest.signing import sign
 from tests.conftest import (
     TEST_SECRET,
     ReceiverServer,
@@ -27,7 +27,7 @@ from tests.conftest import (
 
 
 def test_signature_matches_the_momento_test_vector() -> None:
-    from pipeline.signing import sign
+    from pipeline.ingest.signing import sign
 
     body = b'{"text":"some text", "another_field": "another field" }'
     expected = "b43f72787eb66410ff110295b036ef828e5686af21b414ce092f02c05deea3da"
@@ -60,7 +60,7 @@ def _tampered() -> tuple[bytes, dict[str, str]]:
 
 
 def _signed_raw(raw: bytes) -> Callable[[], tuple[bytes, dict[str, str]]]:
-    from pipeline.signing import sign
+    from pipeline.ingest.signing import sign
 
     return lambda: (
         raw,

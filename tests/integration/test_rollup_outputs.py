@@ -14,15 +14,15 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from pipeline.aggregation import rollup
+from pipeline.aggregation.retention import delete_expired, retention_cutoff
+from pipeline.aggregation.rollups import rollup
+from pipeline.aggregation.stats import gather_stats, parse_when
+from pipeline.aggregation.summaries import publish_finished
 from pipeline.celery_app import app
 from pipeline.config import Settings
 from pipeline.db import get_engine
 from pipeline.emulator import EmulatorServer
 from pipeline.metrics import register_db_collector
-from pipeline.retention import delete_expired, retention_cutoff
-from pipeline.stats import gather_stats, parse_when
-from pipeline.summaries import publish_finished
 from tasks.aggregate import publish_summaries
 from tests.conftest import WorkerProcess, count_rows, wait_for
 from tests.integration.emulator_support import WebhookSink
@@ -239,7 +239,7 @@ def test_pipeline_stats_json_and_table(db: Settings) -> None:
 def test_database_gauges_on_a_scrape(db: Settings) -> None:
     seed_stats(db)
     from pipeline.db import session_scope
-    from pipeline.ingest import dead_letter
+    from pipeline.ingest.store import dead_letter
 
     with session_scope(db) as session:
         dead_letter(session, "publish", "cache not found", {"n": 1})

@@ -23,13 +23,13 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
-from pipeline.aggregation import rollup
+from pipeline.aggregation.rollups import rollup
+from pipeline.aggregation.stats import TopicStats, gather_stats
 from pipeline.config import Settings
 from pipeline.db import get_engine, session_scope
+from pipeline.ingest.signing import sign
 from pipeline.models import Base
-from pipeline.sequencer import policy_from, tick
-from pipeline.signing import sign
-from pipeline.stats import TopicStats, gather_stats
+from pipeline.sequencing.store import policy_from, tick
 from tests.conftest import TEST_SECRET, ReceiverServer, WorkerProcess, wait_for
 
 REORDER_WINDOW_S = 0.5

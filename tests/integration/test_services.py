@@ -9,7 +9,7 @@ import psycopg
 import pytest
 import redis
 
-from pipeline.services import EmbeddedBroker, EmbeddedPostgres, _pid_alive
+from pipeline.stores import EmbeddedBroker, EmbeddedPostgres, _pid_alive
 
 
 def test_broker_keeps_acknowledged_writes_across_a_crash(tmp_path: Path) -> None:

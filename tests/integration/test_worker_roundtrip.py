@@ -56,8 +56,8 @@ def test_poison_item_goes_to_dead_letters_and_the_rest_is_stored(
 def test_a_row_postgres_refuses_is_set_aside_and_the_rest_of_its_batch_stored(
     db: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline import ingest
-    from pipeline.sequencer import policy_from
+    from pipeline.ingest import store as ingest
+    from pipeline.sequencing.store import policy_from
 
     real_rows = ingest.webhook_rows
 
@@ -126,8 +126,8 @@ def test_ingest_batches_send_task_events_only_when_configured(
 def test_a_number_declared_lost_that_arrives_after_all_leaves_its_lost_range(db: Settings) -> None:
     """Stored on the ingest path's Core connection: 4 and 5 are declared lost, 4 then arrives,
     and only 5 stays lost."""
-    from pipeline import ingest
-    from pipeline.sequencer import policy_from
+    from pipeline.ingest import store as ingest
+    from pipeline.sequencing.store import policy_from
 
     quick = db.model_copy(update={"pipeline_reorder_window_s": 0.2})
     policy = policy_from(quick)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pipeline.errors import MalformedBody, StaleEvent, TimestampOutOfRange
-from pipeline.events import (
+from pipeline.ingest.events import (
     EVENT_TIME_MAX_MS,
     EVENT_TIME_MIN_MS,
     MAX_JSON_DEPTH,

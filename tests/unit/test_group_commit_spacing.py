@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.batcher import Backlog, GroupCommitter
+from pipeline.ingest.group_commit import Backlog, GroupCommitter
 
 
 class Recorder:

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from pipeline.ordered_sender import OrderedSender
+from pipeline.outbound.ordered_sender import OrderedSender
 
 
 class Row(NamedTuple):

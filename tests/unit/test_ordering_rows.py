@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.ordering import late_candidates
+from pipeline.workflows.route_cursors import late_candidates
 
 CURSOR = (2, 10, 500)  # epoch 2, sequence number 10, passed at event 500
 
@@ -29,8 +29,8 @@ def test_events_of_unknown_place_or_without_an_epoch_are_candidates() -> None:
 def test_a_peek_row_lines_up_with_the_peek_and_event_fields() -> None:
     from dataclasses import fields
 
-    from pipeline.cursor_sql import EVENT_COLUMNS, PEEK_CURSOR_COLUMNS
-    from pipeline.ordering import EventRow, Peek
+    from pipeline.workflows.route_cursor_sql import EVENT_COLUMNS, PEEK_CURSOR_COLUMNS
+    from pipeline.workflows.route_cursors import EventRow, Peek
 
     assert tuple(f.name for f in fields(Peek))[: len(PEEK_CURSOR_COLUMNS)] == PEEK_CURSOR_COLUMNS
     assert tuple(f.name for f in fields(EventRow)) == tuple(c.name for c in EVENT_COLUMNS)

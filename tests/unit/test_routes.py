@@ -10,8 +10,14 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.errors import RoutesError
-from pipeline.routes import CacheTarget, PublishTarget, load_routes, parse_routes, routes_for
-from pipeline.templates import glob_regex, render
+from pipeline.workflows.routes import (
+    CacheTarget,
+    PublishTarget,
+    load_routes,
+    parse_routes,
+    routes_for,
+)
+from pipeline.workflows.templates import glob_regex, render
 
 PATH = Path("routes.toml")
 GOOD = """

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.sequencing import (
+from pipeline.sequencing.rules import (
     Classified,
     Delivery,
     GapDeclaredLost,
@@ -22,7 +22,7 @@ from pipeline.sequencing import (
     advance,
     classify,
 )
-from pipeline.topic_cursor import Epoch, Gap
+from pipeline.sequencing.state import Epoch, Gap
 
 POLICY = SequencePolicy(reorder_window_ms=2_000, reset_idle_ms=1_000)
 T0 = 1_700_000_000_000

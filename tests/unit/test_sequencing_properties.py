@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline.sequencing import (
+from pipeline.sequencing.rules import (
     Classified,
     Delivery,
     GapDeclaredLost,
@@ -30,7 +30,7 @@ from pipeline.sequencing import (
     advance,
     classify,
 )
-from pipeline.topic_cursor import Epoch
+from pipeline.sequencing.state import Epoch
 
 IDLE_MS = 1_000
 MAX_SHIFT = 4  # numbers a copy may arrive after its place

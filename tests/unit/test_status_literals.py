@@ -13,8 +13,9 @@ import re
 import pytest
 from sqlalchemy.dialects import postgresql
 
-from pipeline import cursor_sql, ordering
-from pipeline.outbox import _commit_statement
+from pipeline.workflows import route_cursor_sql as cursor_sql
+from pipeline.workflows import route_cursors as ordering
+from pipeline.workflows.outbox import _commit_statement
 
 
 def rendered(statement: object) -> str:

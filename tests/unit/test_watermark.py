@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.watermark import SOURCES, Mark, Snapshot, plan
+from pipeline.aggregation.watermark import SOURCES, Mark, Snapshot, plan
 
 
 def snap(running: set[int], events: int, duplicates: int = 0, lost: int = 0) -> Snapshot:

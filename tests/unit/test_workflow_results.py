@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
+from pipeline.cli.replay import parse_time
 from pipeline.models import OutboxKind, OutboxStatus
-from pipeline.ordering import releasable, release_limit
-from pipeline.outbox import envelope, message_id, outbox_rows
-from pipeline.replay import parse_time
-from pipeline.routes import parse_routes
-from pipeline.sequencing import Delivery, SequencePolicy, advance
-from pipeline.topic_cursor import TopicCursor
-from pipeline.workflows import Output, output, parse_output
+from pipeline.sequencing.rules import Delivery, SequencePolicy, advance
+from pipeline.sequencing.state import TopicCursor
+from pipeline.workflows.outbox import envelope, message_id, outbox_rows
+from pipeline.workflows.results import Output, output, parse_output
+from pipeline.workflows.route_cursors import releasable, release_limit
+from pipeline.workflows.routes import parse_routes
 
 ROUTES = parse_routes(
     """

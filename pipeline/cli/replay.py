@@ -17,8 +17,8 @@ import click
 from sqlalchemy import Connection, Engine, select
 
 from pipeline.models import DeadLetter, Event
-from pipeline.routes import RouteTable
-from pipeline.templates import glob_regex
+from pipeline.workflows.routes import RouteTable
+from pipeline.workflows.templates import glob_regex
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -106,7 +106,7 @@ def _dead_pairs(conn: Connection) -> set[tuple[str, int]]:
 
 def dispatch_replays(engine: Engine, app: Celery, pairs: list[tuple[str, int]]) -> int:
     """Record the runs, then send them to the workers; returns how many were sent."""
-    from pipeline.runs import claim_runs
+    from pipeline.workflows.runs import claim_runs
 
     with engine.begin() as conn:
         claimed = claim_runs(conn, pairs, again=True)
@@ -138,11 +138,11 @@ def _time(ctx: Any, param: Any, value: str | None) -> datetime | None:
 def replay(dry_run: bool, **options: Any) -> None:
     """Run routes' workflows again for stored events (results go through the outbox)."""
     from pipeline.celery_app import app, configure
-    from pipeline.cli import services, settings_or_exit
+    from pipeline.cli.common import services, settings_or_exit
     from pipeline.config import load_settings
     from pipeline.db import get_engine
     from pipeline.errors import PipelineError
-    from pipeline.routes import routes_for
+    from pipeline.workflows.routes import routes_for
 
     chosen = Selection(
         **{k: v for k, v in options.items() if k != "routes"}, routes=options["routes"]

@@ -9,14 +9,11 @@ weights: exact within a window, an approximation across windows.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
-
-import click
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -218,57 +215,3 @@ def render_table(rows: list[TopicStats]) -> str:
         out.append("(no data in this time range)")
     out.append("latency: received_at - event_timestamp, per-window percentiles weighted by events")
     return "\n".join(out)
-
-
-@click.command("stats")
-@click.option("--cache", default=None, help="Only this cache.")
-@click.option("--topic", default=None, help="Only topics matching this glob, e.g. 'room-*'.")
-@click.option("--since", default=None, help="ISO time or age (15m, 2h, 7d); default: all.")
-@click.option("--until", default=None, help="ISO time or age (default: now).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--refresh/--no-refresh",
-    default=True,
-    show_default=True,
-    help="Run an incremental roll-up first, so the totals include the newest events.",
-)
-def stats(
-    cache: str | None,
-    topic: str | None,
-    since: str | None,
-    until: str | None,
-    as_json: bool,
-    refresh: bool,
-) -> None:
-    """Per-topic totals: events, lost messages and their ranges, resets, duplicates, latency."""
-    from pipeline.aggregation import rollup
-    from pipeline.cli import services, settings_or_exit
-    from pipeline.config import load_settings
-    from pipeline.db import get_engine
-    from pipeline.retention import retention_cutoff
-
-    settings = settings_or_exit()
-    now = datetime.now(UTC)
-    try:
-        start = parse_when(since, now) if since else datetime.fromtimestamp(0, UTC)
-        end = parse_when(until, now) if until else now + timedelta(days=1)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-    with services(settings):
-        settings = load_settings()
-        engine = get_engine(settings)
-        window_s = settings.pipeline_rollup_window_s
-        if refresh:
-            keep_after = retention_cutoff(settings.pipeline_retention_days)
-            rollup(engine, window_s, keep_after=keep_after)
-        rows = gather_stats(engine, window_s, since=start, until=end, cache=cache, topic=topic)
-    if as_json:
-        payload = {
-            "window_s": window_s,
-            "since": start.isoformat(),
-            "until": end.isoformat(),
-            "topics": [row.to_json() for row in rows],
-        }
-        click.echo(json.dumps(payload, indent=2))
-    else:
-        click.echo(render_table(rows))

@@ -21,7 +21,8 @@ from sqlalchemy import (
     Update,
 )
 
-from pipeline.cursor_sql import (
+from pipeline.sequencing.state import TopicCursor
+from pipeline.workflows.route_cursor_sql import (
     ENSURE,
     HOLD,
     INFLIGHT,
@@ -34,7 +35,6 @@ from pipeline.cursor_sql import (
     PEEK_CURSOR_COLUMNS,
     POSITION,
 )
-from pipeline.topic_cursor import TopicCursor
 
 
 def release_limit(state: TopicCursor, epoch: int) -> int | None:

@@ -10,7 +10,7 @@ has been gone, not how long the work takes, so it can be short (``PIPELINE_VISIB
 and long tasks are never run twice.
 
 Workers that consume the ingest queue also look for receiver batches lost between the queue and
-a worker (``pipeline.ingest_ledger.resend_lost``), one worker at a time, every ``LOOK_S``.
+a worker (``pipeline.ingest.ledger.resend_lost``), one worker at a time, every ``LOOK_S``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import redis
 from celery import bootsteps
 
-from pipeline import ingest_ledger
+from pipeline.ingest import ledger as ingest_ledger
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +58,9 @@ class KeepHeld(bootsteps.StartStopStep):  # type: ignore[misc]
         self._thread: threading.Thread | None = None
 
     def start(self, c: Any) -> None:
-        from pipeline.batcher import INGEST_QUEUE
         from pipeline.celery_app import broker_url
         from pipeline.config import get_settings
+        from pipeline.ingest.group_commit import INGEST_QUEUE
 
         url = broker_url(get_settings())
         consumer = c.task_consumer

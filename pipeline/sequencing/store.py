@@ -1,4 +1,4 @@
-"""Per-topic sequencing in Postgres: pipeline.sequencing's pure rules, applied under a row lock.
+"""Per-topic sequencing in Postgres: the pure rules of ``rules``, applied under a row lock.
 
 A batch is sequenced in the same transaction that stores it. Each topic's cursor row is locked
 FOR UPDATE (in a fixed order, so two batches never deadlock), its state advanced with the batch's
@@ -24,7 +24,7 @@ from sqlalchemy import delete, func, insert, select, text, update
 from pipeline.config import Settings
 from pipeline.db import Executor
 from pipeline.models import DuplicateDelivery, LostRange, TopicCursorRow
-from pipeline.sequencing import (
+from pipeline.sequencing.rules import (
     Classified,
     Delivery,
     GapDeclaredLost,

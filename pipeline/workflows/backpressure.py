@@ -6,7 +6,7 @@ topic, the others take each new batch at once, store it, find the topic busy and
 to the driver. The queue stays empty while the driver falls further behind, and small batches
 keep costing the box their per-batch work. So a driver that runs an event more than ``lag_s``
 after it was received says so in a short-lived Redis key, and receivers that see it in their next
-push space batches further apart (``pipeline.batcher``) until the key expires.
+push space batches further apart (``pipeline.ingest.group_commit``) until the key expires.
 
 Redis brokers only: with any other broker the receiver cannot read the key, and always spaces
 batches as widely as it does here while the key is set.
@@ -20,7 +20,7 @@ from datetime import datetime
 
 import redis
 
-from pipeline.ingest_ledger import applies_to
+from pipeline.ingest.ledger import applies_to
 
 logger = logging.getLogger(__name__)
 

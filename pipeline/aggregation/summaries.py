@@ -115,7 +115,7 @@ def momento_publisher(settings: Settings) -> tuple[Publish, Callable[[], None]] 
     cache, topic = settings.pipeline_summary_cache, settings.pipeline_summary_topic
     if not cache or not topic:
         return None
-    from pipeline import momento_client
+    from pipeline.outbound import momento_client
 
     client = momento_client.topic_client(settings, timeout=momento_client.PUBLISH_TIMEOUT)
 

@@ -23,14 +23,14 @@ from typing import Any, Protocol
 import redis
 from sqlalchemy import Connection, Engine, func, insert, literal, select, update
 
-from pipeline import momento_client
 from pipeline.celery_app import broker_url
 from pipeline.config import Settings
-from pipeline.cursor_sql import MARK_SENT, TRY_LOCK, UNLOCK
 from pipeline.errors import MomentoError
 from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus, outbox_status_is
-from pipeline.outbox import SEND_COLUMNS, envelope
-from pipeline.ratelimit import LocalBucket, TokenBucket
+from pipeline.outbound import momento_client
+from pipeline.outbound.ratelimit import LocalBucket, TokenBucket
+from pipeline.workflows.outbox import SEND_COLUMNS, envelope
+from pipeline.workflows.route_cursor_sql import MARK_SENT, TRY_LOCK, UNLOCK
 
 logger = logging.getLogger(__name__)
 

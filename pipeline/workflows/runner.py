@@ -19,11 +19,12 @@ from typing import Any, Literal
 from celery import Celery
 from sqlalchemy import Connection, Engine
 
-from pipeline import ordering
-from pipeline.backpressure import LagReporter
 from pipeline.config import Settings
-from pipeline.ordered_sender import OrderedSender
-from pipeline.outbox import (
+from pipeline.outbound.ordered_sender import OrderedSender
+from pipeline.outbound.publisher import Publisher, SendReport, try_lock, unlock
+from pipeline.workflows import route_cursors as ordering
+from pipeline.workflows.backpressure import LagReporter
+from pipeline.workflows.outbox import (
     Committed,
     commit_result,
     dead_letter,
@@ -31,10 +32,9 @@ from pipeline.outbox import (
     outbox_rows,
     resolve_dead_letters,
 )
-from pipeline.publisher import Publisher, SendReport, try_lock, unlock
-from pipeline.routes import Route, RouteTable
-from pipeline.runs import backoff_s, dispatch_late
-from pipeline.workflows import event_view, parse_output, resolve_workflow
+from pipeline.workflows.results import event_view, parse_output, resolve_workflow
+from pipeline.workflows.routes import Route, RouteTable
+from pipeline.workflows.runs import backoff_s, dispatch_late
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 ``commit_result`` writes a run's outbox rows, records the run, and (for an ordered route) moves
 the route's cursor, all in one statement, so they commit together or not at all. Rows are unique
 on (route, event_id, kind): a workflow that runs twice adds nothing. A replay may revive a *dead*
-row with its new result; a sent or pending row is never written again. ``pipeline.publisher``
+row with its new result; a sent or pending row is never written again. ``outbound.publisher``
 sends the pending rows.
 
 Outbound topic messages are a JSON envelope ``{"id": "<event id>:<route>", "text": "..."}``: the
@@ -34,7 +34,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from pipeline.cursor_sql import MARK_SENT, SKIPPED
 from pipeline.models import (
     DeadLetter,
     OutboxKind,
@@ -43,10 +42,11 @@ from pipeline.models import (
     WorkflowRun,
     outbox_status_is,
 )
-from pipeline.ordering import Move, topic_key
-from pipeline.routes import Route
-from pipeline.templates import render
-from pipeline.workflows import Output
+from pipeline.workflows.results import Output
+from pipeline.workflows.route_cursor_sql import MARK_SENT, SKIPPED
+from pipeline.workflows.route_cursors import Move, topic_key
+from pipeline.workflows.routes import Route
+from pipeline.workflows.templates import render
 
 SEND_COLUMNS = (
     OutboxMessage.id,

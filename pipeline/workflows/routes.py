@@ -28,7 +28,7 @@ from typing import Any
 
 from pipeline.config import Settings
 from pipeline.errors import RoutesError
-from pipeline.templates import fill_known, template_fields
+from pipeline.workflows.templates import fill_known, template_fields
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def _route(item: dict[str, Any], index: int, problems: _Problems, resolve: bool)
             bad("workflow", f"workflow must be 'module:attribute', got {workflow!r}")
         elif resolve:
             try:
-                from pipeline.workflows import resolve_workflow
+                from pipeline.workflows.results import resolve_workflow
 
                 resolve_workflow(workflow)
             except (ImportError, AttributeError, TypeError) as exc:

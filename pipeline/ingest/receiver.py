@@ -26,14 +26,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline import metrics
-from pipeline.batcher import (
-    AsyncSender,
-    BrokerUnavailable,
-    GroupCommitter,
-    Overloaded,
-    SendBatch,
-    default_sender,
-)
 from pipeline.config import Settings
 from pipeline.errors import (
     BodyTooLarge,
@@ -41,8 +33,16 @@ from pipeline.errors import (
     RejectedWebhook,
     UnsupportedMediaType,
 )
-from pipeline.events import check_timestamps, parse_webhook
-from pipeline.signing import SIGNATURE_HEADER, verify_signature
+from pipeline.ingest.events import check_timestamps, parse_webhook
+from pipeline.ingest.group_commit import (
+    AsyncSender,
+    BrokerUnavailable,
+    GroupCommitter,
+    Overloaded,
+    SendBatch,
+    default_sender,
+)
+from pipeline.ingest.signing import SIGNATURE_HEADER, verify_signature
 
 logger = logging.getLogger(__name__)
 
@@ -297,8 +297,8 @@ def create_app(
 
 def default_collectors(settings: Settings) -> list[Collector]:
     """Gauges read at scrape time: queue depths (broker) and pipeline state (database)."""
+    from pipeline.ingest.queue_depth import QueueDepthCollector
     from pipeline.metrics import DatabaseCollector
-    from pipeline.queue_metrics import QueueDepthCollector
 
     return [QueueDepthCollector(settings), DatabaseCollector(settings)]
 

@@ -2,7 +2,7 @@
 
 Events and duplicate deliveries are deleted only up to the roll-up watermark's settled id, so a
 row is never deleted before it has been rolled up (and roll-ups never recompute a window that
-retention has started to empty: see ``keep_after`` in pipeline.aggregation). ingest_batches rows
+retention has started to empty: see ``keep_after`` in ``aggregation.rollups``). ingest_batches rows
 only guard against redelivered broker messages, which never outlive the visibility timeout, so
 they follow the same cutoff. Deletes run in chunks of ids, each its own short transaction, so
 a large first cleanup neither bloats one transaction nor holds locks for long. Lost ranges are

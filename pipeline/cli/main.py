@@ -5,51 +5,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from pipeline.config import Settings, load_settings
+from pipeline.cli.common import configure_logging, services, settings_or_exit
+from pipeline.cli.replay import replay
+from pipeline.cli.stats import stats
+from pipeline.config import load_settings
 from pipeline.errors import PipelineError
-from pipeline.replay import replay
-from pipeline.services import ServiceUrls, export_urls, running_services
-from pipeline.stats import stats
 
 if TYPE_CHECKING:
-    from pipeline.stack import StackOptions
+    from pipeline.cli.stack import StackOptions
 
 logger = logging.getLogger("pipeline")
-
-
-def configure_logging(verbose: bool) -> None:
-    """One log format for every subcommand; third-party chatter stays at WARNING."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("pgserver", "alembic.runtime.plugins"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def settings_or_exit() -> Settings:
-    """Settings from the environment, or exit 2 with the one-line reason."""
-    try:
-        return load_settings()
-    except PipelineError as exc:
-        raise click.UsageError(str(exc)) from exc
-
-
-@contextlib.contextmanager
-def services(settings: Settings) -> Iterator[ServiceUrls]:
-    """Configured or embedded services, exported to the environment for this process's children."""
-    with running_services(settings) as urls:
-        export_urls(urls)
-        from pipeline.config import get_settings
-
-        get_settings.cache_clear()
-        yield urls
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,7 +39,7 @@ def db() -> None:
 @click.argument("revision", default="head")
 def db_upgrade(revision: str) -> None:
     """Migrate the database to REVISION (default: head)."""
-    from pipeline import migrate
+    from pipeline.cli import migrate
 
     settings = settings_or_exit()
     with services(settings):
@@ -81,7 +51,7 @@ def db_upgrade(revision: str) -> None:
 @click.argument("revision")
 def db_downgrade(revision: str) -> None:
     """Migrate the database down to REVISION (e.g. base)."""
-    from pipeline import migrate
+    from pipeline.cli import migrate
 
     settings = settings_or_exit()
     with services(settings):
@@ -153,7 +123,7 @@ def beat(loglevel: str) -> None:
 def flower(host: str, port: int, persistent: bool) -> None:
     """Run Flower (basic auth always on; password from FLOWER_PASSWORD or generated)."""
     from pipeline.celery_app import app, configure
-    from pipeline.flower import flower_argv
+    from pipeline.cli.flower import flower_argv
 
     settings = settings_or_exit()
     with services(settings):
@@ -211,7 +181,7 @@ def stack_options(func: Callable[..., None]) -> Callable[..., None]:
 
 
 def _options(quiet: bool = False, **kwargs: Any) -> StackOptions:
-    from pipeline.stack import StackOptions
+    from pipeline.cli.stack import StackOptions
 
     return StackOptions(
         quiet=quiet,
@@ -229,7 +199,7 @@ def _options(quiet: bool = False, **kwargs: Any) -> StackOptions:
 def up(**kwargs: Any) -> None:
     """Run the whole pipeline until Ctrl-C: stores, migrations, local Momento, receiver,
     workers, beat and Flower (embedded defaults when no URLs are configured)."""
-    from pipeline.stack import describe, prepare_routes, running_stack
+    from pipeline.cli.stack import describe, prepare_routes, running_stack
 
     settings_or_exit()
     with running_stack(_options(**kwargs)) as stack:
@@ -267,8 +237,8 @@ def up(**kwargs: Any) -> None:
 )
 def demo(count: int, rate: float, timeout_s: float, **kwargs: Any) -> None:
     """Run the whole pipeline, publish the seed scenarios with the Momento SDK, print a summary."""
-    from pipeline.demo import run_demo
-    from pipeline.stack import describe, running_stack
+    from pipeline.cli.demo import run_demo
+    from pipeline.cli.stack import describe, running_stack
 
     settings_or_exit()
     if logging.getLogger().level > logging.DEBUG:
@@ -303,5 +273,3 @@ def main() -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
-    main()

@@ -14,7 +14,7 @@ waiting, within the last ``BEHIND_HOLD_S``; always, for a sender that cannot tel
 arrive faster than one per ``interval_s`` (a moving average of the gaps between them), a batch
 also waits until ``interval_s`` after the previous one was sent, so requests share batches
 instead of each paying a worker's per-batch cost. While the workflow stage reports running late
-(``pipeline.backpressure``: a backlog behind an ordered topic's driver, which the queue does not
+(``workflows.backpressure``: a backlog behind an ordered topic's driver, which the queue does not
 show), batches are spaced ``max_wait_s`` apart instead, and so they always are for a sender that
 cannot tell either backlog. Workers that keep up, and traffic too slow to group, are not held
 back.
@@ -42,8 +42,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from pipeline import backpressure, ingest_ledger, metrics
+from pipeline import metrics
 from pipeline.config import Settings
+from pipeline.ingest import ledger as ingest_ledger
+from pipeline.workflows import backpressure
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -59,7 +61,7 @@ SendBatch = Callable[[Sequence[Item]], None]
 class Backlog:
     """What a send learned of the workers: how many batches now wait in the broker's queue (its
     own included), and whether the workflow stage reports running late
-    (``pipeline.backpressure``)."""
+    (``pipeline.workflows.backpressure``)."""
 
     queued: int
     lagging: bool = False
@@ -98,7 +100,7 @@ class RedisPush:
     the 204s; a prepared message and one ``LPUSH`` cost a fraction of that. Redis replies once
     the command is in its append-only file (synced first with ``appendfsync always``), so an
     accepted batch is exactly as durable as through Celery. With ``ledger`` the batch also goes
-    into the ingest ledger in the same ``MULTI`` (``pipeline.ingest_ledger``), so that a worker
+    into the ingest ledger in the same ``MULTI`` (``pipeline.ingest.ledger``), so that a worker
     killed while taking it from the queue cannot lose it. ``encode`` returns the message's task
     id and bytes.
     """
@@ -368,7 +370,7 @@ def redis_sender(settings: Settings) -> RedisPush:
             "priority": 0,
             "body_encoding": "base64",
             # The task id: whether a worker holds the batch is then one look at kombu's
-            # unacked hash (``pipeline.ingest_ledger``).
+            # unacked hash (``pipeline.ingest.ledger``).
             "delivery_tag": task_id,
         }
         envelope = {

@@ -49,7 +49,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
-from pipeline.topic_cursor import Counters, Epoch, Gap, TopicCursor
+from pipeline.sequencing.state import Counters, Epoch, Gap, TopicCursor
 
 __all__ = [
     "Classified",

@@ -18,10 +18,10 @@ from sqlalchemy.exc import DataError, IntegrityError
 from pipeline.config import Settings
 from pipeline.db import Executor, transaction
 from pipeline.errors import MalformedBody
-from pipeline.events import parse_webhook, subscription_key, webhook_key
+from pipeline.ingest.events import parse_webhook, subscription_key, webhook_key
 from pipeline.models import DeadLetter, Event, EventSource, IngestBatch
-from pipeline.sequencer import Horizon, SequenceReport, sequence_rows
-from pipeline.sequencing import SequencePolicy
+from pipeline.sequencing.rules import SequencePolicy
+from pipeline.sequencing.store import Horizon, SequenceReport, sequence_rows
 
 logger = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from pipeline import migrate
+from pipeline.cli import migrate
+from pipeline.cli.supervisor import Supervisor
 from pipeline.config import Settings, get_settings, load_settings
 from pipeline.errors import ServiceError
-from pipeline.services import ServiceUrls, export_urls, running_services
-from pipeline.supervisor import Supervisor
+from pipeline.stores import ServiceUrls, export_urls, running_services
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def _start_children(
 
     flower_url = password = None
     if options.flower:
-        from pipeline.flower import flower_password
+        from pipeline.cli.flower import flower_password
 
         flower_port = _free(host, options.flower_port)
         password = flower_password(settings)
@@ -279,7 +279,7 @@ def prepare_routes(stack: Stack, extra_topics: Iterable[tuple[str, str]] = ()) -
     Momento webhooks name one exact topic: a route whose topic is exact gets its webhook here;
     a glob route (``room-*``) needs one per concrete topic, passed as ``extra_topics``.
     """
-    from pipeline.routes import load_routes
+    from pipeline.workflows.routes import load_routes
 
     if stack.momento_admin_url is None:
         return

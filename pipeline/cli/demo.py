@@ -20,9 +20,9 @@ from datetime import UTC, datetime, timedelta
 import click
 from sqlalchemy import text
 
-from pipeline import momento_client
+from pipeline.cli.stack import Stack, prepare_routes
 from pipeline.db import get_engine
-from pipeline.stack import Stack, prepare_routes
+from pipeline.outbound import momento_client
 
 OUTBOUND = [
     ("demo", "topic 2"),
@@ -182,9 +182,9 @@ def _print_summary(
     sent_at: dict[str, float],
     started_at: datetime,
 ) -> None:
-    from pipeline.aggregation import rollup
-    from pipeline.retention import retention_cutoff
-    from pipeline.stats import gather_stats
+    from pipeline.aggregation.retention import retention_cutoff
+    from pipeline.aggregation.rollups import rollup
+    from pipeline.aggregation.stats import gather_stats
 
     engine = get_engine(stack.settings)
     rollup(

@@ -1,6 +1,6 @@
 """A topic's sequencing state (`TopicCursor`) and its lossless JSON form. Pure, no I/O.
 
-The rules that move a cursor live in `pipeline.sequencing`; this module holds the values. A
+The rules that move a cursor live in `pipeline.sequencing.rules`; this module holds the values. A
 cursor keeps two epochs at most, and per epoch only what is undecided or recently decided, so its
 size does not grow with the topic's history.
 """

@@ -10,7 +10,7 @@ dead-lettered, so a batch that cannot be stored cannot hold the ledger forever).
 A batch is pushed again only when it is lost: neither waiting in the queue nor held by a worker.
 The receiver makes each message's delivery tag its task id, so whether a worker holds a batch is
 one look at kombu's ``unacked`` hash; a worker that dies while holding one is kombu's to redeliver
-(``pipeline.held_deliveries`` keeps what live workers hold from being redelivered). What is
+(``pipeline.ingest.held_deliveries`` keeps what live workers hold from being redelivered). What is
 waiting cannot be looked up by id without reading the queue, so ``find_lost`` first counts, in one
 atomic script: batches in the ledger but not held, against the queue's length. Only when the
 ledger has more (a batch vanished between ``BRPOP`` and kombu's bookkeeping), and still does on
@@ -57,7 +57,7 @@ SCAN_CHUNK = 200
 
 def applies_to(broker: str) -> bool:
     """Whether batches sent to ``broker`` go through the ledger: Redis brokers, which the
-    receiver pushes to itself (``pipeline.batcher.redis_sender``)."""
+    receiver pushes to itself (``pipeline.ingest.group_commit.redis_sender``)."""
     return broker.startswith(("redis://", "rediss://"))
 
 
@@ -115,7 +115,7 @@ def settle_stored(broker: str, task_id: str) -> None:
 def sequencing_horizon(
     broker: str, hold_s: float = 0.0, other_than: str | None = None, now_ms: int | None = None
 ) -> int | None:
-    """How far gap declarations may go (``pipeline.sequencing``'s ``horizon_ms``): when the
+    """How far gap declarations may go (``pipeline.sequencing.rules``'s ``horizon_ms``): when the
     oldest delivery of a batch received but not yet stored (but ``other_than``, the one being
     stored) arrived; held back at most ``hold_s`` if that is > 0. None when nothing is pending,
     the broker keeps no ledger, or it cannot be read (declarations then follow the clock alone).

@@ -27,15 +27,15 @@ from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, tupl
 from pipeline.config import Settings
 from pipeline.db import get_engine
 from pipeline.errors import MalformedBody
-from pipeline.events import parse_webhook, webhook_key
-from pipeline.ingest import StoreResult
+from pipeline.ingest.events import parse_webhook, webhook_key
+from pipeline.ingest.store import StoreResult
 from pipeline.models import Event, RouteCursor, TopicCursorRow, WorkflowRun
-from pipeline.ordering import Places, late_events, topic_key
-from pipeline.publisher import try_lock, unlock
-from pipeline.routes import Route, RouteTable, routes_for
-from pipeline.runner import INLINE_BUDGET_S
-from pipeline.runs import claim_runs, dispatch_late
-from pipeline.templates import glob_regex
+from pipeline.outbound.publisher import try_lock, unlock
+from pipeline.workflows.route_cursors import Places, late_events, topic_key
+from pipeline.workflows.routes import Route, RouteTable, routes_for
+from pipeline.workflows.runner import INLINE_BUDGET_S
+from pipeline.workflows.runs import claim_runs, dispatch_late
+from pipeline.workflows.templates import glob_regex
 
 logger = logging.getLogger(__name__)
 

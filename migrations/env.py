@@ -8,8 +8,9 @@ from alembic import context
 from sqlalchemy import Connection
 
 from pipeline.config import get_settings
-from pipeline.db import database_url, get_engine
+from pipeline.db import get_engine
 from pipeline.models import Base
+from pipeline.stores import database_url
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

@@ -15,7 +15,7 @@ from celery.signals import worker_process_init
 from kombu import Exchange, Queue
 
 from pipeline.config import Settings, get_settings
-from pipeline.stores import DEFAULT_BROKER_PORT, EmbeddedBroker
+from pipeline.stores import broker_url, is_redis
 
 QUEUES = ("ingest", "sequence", "workflows", "publish", "aggregate")
 TASK_MODULES = (
@@ -25,19 +25,13 @@ TASK_MODULES = (
     "tasks.publish",
     "tasks.aggregate",
 )
+KEEP_HELD_STEP = "pipeline.ingest.held_deliveries:KeepHeld"
+"""The consumer bootstep that keeps what a live worker holds from being redelivered."""
 
 # Worst case a task waits before its broker message is acked: the hard time limit of one run.
 TASK_TIME_LIMIT_S = 300
 # Longest retry backoff; a retried task is re-sent with a countdown, held unacked until due.
 RETRY_BACKOFF_MAX_S = 300
-
-
-def broker_url(settings: Settings) -> str:
-    """CELERY_BROKER_URL, else the embedded broker running under PIPELINE_HOME (or its default)."""
-    if settings.celery_broker_url:
-        return settings.celery_broker_url
-    running = EmbeddedBroker(settings.home).running_url()
-    return running or f"redis://127.0.0.1:{DEFAULT_BROKER_PORT}/0"
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -66,7 +60,7 @@ def build_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": url,
         # Chords (fan-in workflows) need a result backend; Redis serves when it is the broker.
-        "result_backend": url if url.startswith(("redis", "rediss")) else "rpc://",
+        "result_backend": url if is_redis(url) else "rpc://",
         "result_expires": 3600,
         "task_ignore_result": True,
         "task_serializer": "json",
@@ -116,11 +110,11 @@ def build_config(settings: Settings) -> dict[str, Any]:
 
 def create_app() -> Celery:
     """The Celery app, configured lazily from Settings."""
-    from pipeline.ingest.held_deliveries import KeepHeld
-
     celery = Celery("pipeline", include=list(TASK_MODULES))
     celery.add_defaults(lambda: build_config(get_settings()))
-    celery.steps["consumer"].add(KeepHeld)
+    # Named, not imported, like the task modules: the app is the shared floor and imports no
+    # stage; the worker loads the step when it builds its consumer.
+    celery.steps["consumer"].add(KEEP_HELD_STEP)
     return celery
 
 

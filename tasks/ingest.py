@@ -12,12 +12,13 @@ from celery.signals import worker_init
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from pipeline.celery_app import app, broker_url
+from pipeline.celery_app import app
 from pipeline.config import Settings, get_settings
 from pipeline.db import transaction
 from pipeline.ingest.ledger import sequencing_horizon, settle_stored
 from pipeline.ingest.store import StoreResult, dead_letter, store_batch
 from pipeline.sequencing.store import policy_from
+from pipeline.stores import broker_url
 from pipeline.workflows.dispatch import hand_over
 from tasks.workflows import drive_here, run_here, serves_workflows
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from pipeline.celery_app import app, broker_url
+from pipeline.celery_app import app
 from pipeline.config import get_settings
 from pipeline.db import session_scope
 from pipeline.ingest.ledger import sequencing_horizon
 from pipeline.sequencing.store import policy_from, tick
+from pipeline.stores import broker_url
 
 logger = get_task_logger(__name__)
 

@@ -11,11 +11,12 @@ from celery import Task
 from celery.signals import worker_init
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from pipeline.celery_app import app, broker_url
+from pipeline.celery_app import app
 from pipeline.config import get_settings
 from pipeline.db import get_engine
 from pipeline.errors import RoutesError
 from pipeline.outbound.publisher import Publisher
+from pipeline.stores import broker_url
 from pipeline.workflows.backpressure import LagReporter
 from pipeline.workflows.dispatch import sweep as sweep_stalled
 from pipeline.workflows.route_cursors import Places

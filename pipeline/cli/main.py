@@ -146,7 +146,7 @@ def receiver(host: str, port: int, workers: int) -> None:
         )
     with services(settings):
         uvicorn.run(
-            "pipeline.receiver:app_from_env",
+            "pipeline.ingest.receiver:app_from_env",
             factory=True,
             host=host,
             port=port,

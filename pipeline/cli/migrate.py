@@ -10,7 +10,7 @@ from alembic.config import Config
 from pipeline.config import Settings
 from pipeline.db import get_engine
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def alembic_config(settings: Settings) -> Config:

@@ -23,7 +23,10 @@ from typing import Any, ClassVar
 import redis
 from celery import bootsteps
 
+from pipeline.config import get_settings
 from pipeline.ingest import ledger as ingest_ledger
+from pipeline.ingest.transports import INGEST_QUEUE
+from pipeline.stores import broker_url, is_redis, redis_url
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +61,9 @@ class KeepHeld(bootsteps.StartStopStep):  # type: ignore[misc]
         self._thread: threading.Thread | None = None
 
     def start(self, c: Any) -> None:
-        from pipeline.celery_app import broker_url
-        from pipeline.config import get_settings
-        from pipeline.ingest.group_commit import INGEST_QUEUE
-
         url = broker_url(get_settings())
         consumer = c.task_consumer
-        if not ingest_ledger.applies_to(url) or consumer is None:
+        if not is_redis(url) or consumer is None:
             return
         queues = {queue.name for queue in consumer.queues}
         channel = consumer.channel
@@ -79,7 +78,7 @@ class KeepHeld(bootsteps.StartStopStep):  # type: ignore[misc]
         self._thread.start()
 
     def _run(self, url: str, qos: Any, index_key: str, ingest_queue: str | None) -> None:
-        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        client = redis.Redis.from_url(redis_url(url), socket_timeout=5, socket_connect_timeout=2)
         next_look = 0.0
         try:
             while not self._stop.wait(HEARTBEAT_S):

@@ -33,6 +33,8 @@ from typing import Any, cast
 
 import redis
 
+from pipeline.stores import is_redis, redis_url
+
 logger = logging.getLogger(__name__)
 
 MESSAGES = "pipeline:ingest:ledger"
@@ -53,12 +55,6 @@ return {unseen, redis.call('LLEN', KEYS[3])}
 """
 _TAG = re.compile(rb'"delivery_tag":\s*"([^"]+)"')
 SCAN_CHUNK = 200
-
-
-def applies_to(broker: str) -> bool:
-    """Whether batches sent to ``broker`` go through the ledger: Redis brokers, which the
-    receiver pushes to itself (``pipeline.ingest.group_commit.redis_sender``)."""
-    return broker.startswith(("redis://", "rediss://"))
 
 
 def record(pipe: Any, task_id: str, message: bytes, received_ms: int) -> None:
@@ -94,7 +90,7 @@ def client_for(broker: str) -> redis.Redis:
     """This process's client for a Redis ``broker``."""
     client = _clients.get(broker)
     if client is None:
-        client = _clients[broker] = redis.Redis.from_url(broker, socket_timeout=5)
+        client = _clients[broker] = redis.Redis.from_url(redis_url(broker), socket_timeout=5)
     return client
 
 
@@ -104,7 +100,7 @@ def settle_stored(broker: str, task_id: str) -> None:
     A failure is logged, not raised: the batch is stored, and pushing it again later would
     store nothing.
     """
-    if not applies_to(broker):
+    if not is_redis(broker):
         return
     try:
         settle(client_for(broker), task_id)
@@ -120,7 +116,7 @@ def sequencing_horizon(
     stored) arrived; held back at most ``hold_s`` if that is > 0. None when nothing is pending,
     the broker keeps no ledger, or it cannot be read (declarations then follow the clock alone).
     """
-    if not applies_to(broker):
+    if not is_redis(broker):
         return None
     try:
         oldest = oldest_unstored_ms(client_for(broker), other_than)

@@ -10,8 +10,9 @@ from kombu import Connection
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from pipeline.celery_app import QUEUES, broker_url
+from pipeline.celery_app import QUEUES
 from pipeline.config import Settings
+from pipeline.stores import broker_url, is_redis, redis_url
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,10 @@ class QueueDepthCollector(Collector):
 
     def depths(self) -> dict[str, int]:
         """Waiting messages per queue."""
-        if self.url.startswith(("redis://", "rediss://")):
-            client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
+        if is_redis(self.url):
+            client = redis.Redis.from_url(
+                redis_url(self.url), socket_timeout=1, socket_connect_timeout=1
+            )
             try:
                 # A Celery queue on Redis is a list named after it, plus one list per priority step.
                 pipe = client.pipeline(transaction=False)

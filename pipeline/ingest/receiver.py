@@ -40,9 +40,9 @@ from pipeline.ingest.group_commit import (
     GroupCommitter,
     Overloaded,
     SendBatch,
-    default_sender,
 )
 from pipeline.ingest.signing import SIGNATURE_HEADER, verify_signature
+from pipeline.ingest.transports import default_sender
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def default_ready_checks(settings: Settings) -> dict[str, ReadyCheck]:
     from kombu import Connection
 
     from pipeline import db
-    from pipeline.celery_app import broker_url
+    from pipeline.stores import broker_url
 
     def broker() -> None:
         with Connection(broker_url(settings), connect_timeout=1) as conn:
@@ -304,7 +304,7 @@ def default_collectors(settings: Settings) -> list[Collector]:
 
 
 def app_from_env() -> WebhookReceiver:
-    """Factory for ``uvicorn --factory pipeline.receiver:app_from_env`` (Settings from the env)."""
+    """Factory for ``uvicorn --factory pipeline.ingest.receiver:app_from_env`` (env Settings)."""
     from pipeline.config import get_settings
 
     return create_app(get_settings())

@@ -23,12 +23,12 @@ from typing import Any, Protocol
 import redis
 from sqlalchemy import Connection, Engine, func, insert, literal, select, update
 
-from pipeline.celery_app import broker_url
 from pipeline.config import Settings
 from pipeline.errors import MomentoError
 from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus, outbox_status_is
 from pipeline.outbound import momento_client
 from pipeline.outbound.ratelimit import LocalBucket, TokenBucket
+from pipeline.stores import broker_url, is_redis, redis_url
 from pipeline.workflows.outbox import SEND_COLUMNS, envelope
 from pipeline.workflows.route_cursor_sql import MARK_SENT, TRY_LOCK, UNLOCK
 
@@ -75,8 +75,8 @@ def make_bucket(settings: Settings) -> Bucket:
     """The global Redis bucket on the broker, or a per-process one for a non-Redis broker."""
     rate, burst = settings.pipeline_publish_rate_per_s, settings.pipeline_publish_burst
     url = broker_url(settings)
-    if url.startswith(("redis://", "rediss://", "redis+socket://")):
-        return TokenBucket(redis.Redis.from_url(url), BUCKET_KEY, rate, burst)
+    if is_redis(url):
+        return TokenBucket(redis.Redis.from_url(redis_url(url)), BUCKET_KEY, rate, burst)
     logger.warning("broker is not Redis: publish rate limited per process rate=%s", rate)
     return LocalBucket(rate, burst)
 

@@ -20,7 +20,7 @@ from datetime import datetime
 
 import redis
 
-from pipeline.ingest.ledger import applies_to
+from pipeline.stores import is_redis, redis_url
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +46,9 @@ class LagReporter:
     def __init__(self, broker: str, lag_s: float = LAG_S) -> None:
         self.lag_s = lag_s
         self._client = None
-        if applies_to(broker):
+        if is_redis(broker):
             self._client = redis.Redis.from_url(
-                broker, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
+                redis_url(broker), socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
             )
         self._quiet_until = 0.0
 

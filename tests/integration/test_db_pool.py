@@ -10,7 +10,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from pipeline.config import Settings
-from pipeline.db import database_url, ping_when_idle
+from pipeline.db import ping_when_idle
+from pipeline.stores import database_url
 
 
 @contextmanager

@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 
-from pipeline.ingest.group_commit import Backlog, GroupCommitter, RedisPush
+from pipeline.ingest.group_commit import Backlog, GroupCommitter
+from pipeline.ingest.transports import RedisPush
 from pipeline.workflows import backpressure
 
 

@@ -11,9 +11,10 @@ from collections.abc import Callable
 import redis
 
 from pipeline.config import Settings
-from pipeline.ingest import held_deliveries, store_batch
+from pipeline.ingest import held_deliveries
 from pipeline.ingest import ledger as ingest_ledger
-from pipeline.ingest.group_commit import INGEST_QUEUE, redis_sender
+from pipeline.ingest.store import store_batch
+from pipeline.ingest.transports import INGEST_QUEUE, redis_sender
 from pipeline.sequencing.rules import SequencePolicy
 from tests.conftest import WorkerProcess, count_rows, signed_webhook, wait_for
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import uvicorn
 from starlette.applications import Starlette
@@ -19,10 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pipeline.emulator.faults import FaultSpec
-
-if TYPE_CHECKING:
-    from pipeline.emulator.server import EmulatorServer
+from pipeline.emulator.faults import FaultRegistry, FaultSpec
+from pipeline.emulator.webhooks import Webhook, WebhookRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +39,32 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return data
 
 
-def create_admin_app(emulator: EmulatorServer) -> Starlette:
+class Emulator(Protocol):
+    """What the admin API drives: ``EmulatorServer`` (named here so the server may import this
+    module without this module importing the server back)."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def webhooks(self) -> WebhookRegistry: ...
+    @property
+    def faults(self) -> FaultRegistry[Any]: ...
+    def stats(self) -> dict[str, Any]: ...
+    def list_webhooks(self) -> list[Webhook]: ...
+    def register_webhook(
+        self, cache: str, topic: str, url: str, secret: str | None = None
+    ) -> str: ...
+    def rotate_webhook_secret(self, cache: str, topic: str) -> str: ...
+    def delete_webhook(self, cache: str, topic: str) -> bool: ...
+    def set_faults(
+        self, cache: str = "*", topic: str = "*", spec: FaultSpec | None = None, **options: Any
+    ) -> FaultSpec: ...
+    def clear_faults(self) -> None: ...
+    def create_cache(self, name: str) -> bool: ...
+    def reset_topic(self, cache: str, topic: str) -> int: ...
+
+
+def create_admin_app(emulator: Emulator) -> Starlette:
     """The Starlette app serving the admin API of ``emulator``."""
 
     async def healthz(request: Request) -> Response:
@@ -147,7 +170,7 @@ def create_admin_app(emulator: EmulatorServer) -> Starlette:
 class AdminServer:
     """Serves the admin app with uvicorn as a task on the emulator's event loop."""
 
-    def __init__(self, emulator: EmulatorServer) -> None:
+    def __init__(self, emulator: Emulator) -> None:
         self._app = create_admin_app(emulator)
         self._server: uvicorn.Server | None = None
         self._task: Any = None

@@ -39,6 +39,7 @@ import psutil
 from pipeline.cli import migrate
 from pipeline.config import Settings
 from pipeline.outbound import momento_client as mc
+from pipeline.outbound.subscriptions import Message, ResilientSubscription
 from pipeline.stores import running_services
 
 CACHE, INBOUND, OUTBOUND = "bench", "in", "out"
@@ -269,13 +270,13 @@ def measure(address: str, rate: float, seconds: float, warmup_s: float) -> dict[
     total = warmup + measured
     received: dict[int, list[float]] = {}
     client = mc.topic_client(Settings(momento_local=address))
-    sub = mc.ResilientSubscription(client, CACHE, OUTBOUND).start()
+    sub = ResilientSubscription(client, CACHE, OUTBOUND).start()
     done = threading.Event()
 
     def collect() -> None:
         while not done.is_set():
             event = sub.poll(0.2)
-            if isinstance(event, mc.Message):
+            if isinstance(event, Message):
                 now_ns = time.monotonic_ns()
                 _, index, sent_ns, _ = json.loads(str(event.value))["text"].split()
                 received.setdefault(int(index), []).append((now_ns - int(sent_ns)) / 1e6)

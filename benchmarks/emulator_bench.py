@@ -4,7 +4,7 @@ Starts ``python -m pipeline.emulator`` on a free port, then runs, with one subsc
   sync        TopicClient, sequential publishes, SDK sync iterator
   async       TopicClientAsync, sequential awaits, SDK async iterator
   async-N     TopicClientAsync, N publishes in flight (throughput; numbers must stay consecutive)
-  resilient   TopicClient publishes, pipeline.outbound.momento_client.ResilientSubscription
+  resilient   TopicClient publishes, pipeline.outbound.subscriptions.ResilientSubscription
   cache       CacheClient set+get per operation
 Latency runs from just before ``publish()`` to the moment the subscriber gets the item.
 
@@ -41,6 +41,7 @@ from momento import (
 
 from pipeline.config import Settings
 from pipeline.outbound import momento_client as mc
+from pipeline.outbound.subscriptions import Message, ResilientSubscription
 
 CACHE = "bench"
 STOP = "stop"
@@ -168,13 +169,13 @@ async def bench_async(creds: CredentialProvider, count: int, topic: str, in_flig
 def bench_resilient(settings: Settings, count: int, topic: str) -> dict[str, Any]:
     latencies: list[float] = []
     client = mc.topic_client(settings)
-    with client, mc.ResilientSubscription(client, CACHE, topic) as sub:
+    with client, ResilientSubscription(client, CACHE, topic) as sub:
         start = time.perf_counter()
         for i in range(count):
             sent = time.perf_counter()
             mc.publish(client, CACHE, topic, str(i))
             event = sub.poll(5)
-            assert isinstance(event, mc.Message), event
+            assert isinstance(event, Message), event
             latencies.append(time.perf_counter() - sent)
         elapsed = time.perf_counter() - start
     return report("resilient (publish, then poll)", count, elapsed, latencies)

@@ -185,6 +185,7 @@ def run_once(args: argparse.Namespace, workers: int) -> Result:
     from pipeline.cli import migrate
     from pipeline.config import Settings
     from pipeline.outbound import momento_client as mc
+    from pipeline.outbound.subscriptions import Message, ResilientSubscription
     from pipeline.stores import running_services
 
     home = Path(tempfile.mkdtemp(prefix=f"scaleout-{workers}-"))
@@ -227,7 +228,7 @@ def run_once(args: argparse.Namespace, workers: int) -> Result:
             settings = Settings(momento_local=f"127.0.0.1:{emu_port}", momento_api_key=None)
             client = mc.topic_client(settings)
             for t in random.Random(1).sample(range(args.topics), min(args.sample, args.topics)):
-                sub = mc.ResilientSubscription(client, CACHE, f"t-{t}-out", stall_timeout_s=60)
+                sub = ResilientSubscription(client, CACHE, f"t-{t}-out", stall_timeout_s=60)
                 subs.append((f"t-{t}", sub.start()))
 
             per_topic = args.events // args.topics
@@ -251,7 +252,7 @@ def run_once(args: argparse.Namespace, workers: int) -> Result:
             def drain() -> None:
                 for topic, sub in subs:
                     while (event := sub.poll(0)) is not None:
-                        if isinstance(event, mc.Message):
+                        if isinstance(event, Message):
                             received[topic].append(json.loads(str(event.value))["text"])
 
             def done(sql: str) -> bool:

@@ -23,6 +23,7 @@ from sqlalchemy import text
 from pipeline.cli.stack import Stack, prepare_routes
 from pipeline.db import get_engine
 from pipeline.outbound import momento_client
+from pipeline.outbound.subscriptions import Message, ResilientSubscription
 
 OUTBOUND = [
     ("demo", "topic 2"),
@@ -73,12 +74,12 @@ class Listener:
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def listen(
-        self, subscription: momento_client.ResilientSubscription, key: tuple[str, str]
+        self, subscription: ResilientSubscription, key: tuple[str, str]
     ) -> None:
         """Record each outbound message with its arrival time until stopped."""
         while not self._stop.is_set():
             event = subscription.poll(0.2)
-            if isinstance(event, momento_client.Message):
+            if isinstance(event, Message):
                 value = event.value if isinstance(event.value, str) else event.value.decode()
                 self.received[key].append((time.perf_counter(), value))
             elif event is not None:
@@ -117,7 +118,7 @@ def run_demo(stack: Stack, count: int, rate_per_s: float, timeout_s: float) -> b
     messages = scenario_messages(count)
     try:
         for key in OUTBOUND:
-            sub = momento_client.ResilientSubscription(reader, *key).start()
+            sub = ResilientSubscription(reader, *key).start()
             subscriptions.append(sub)
             thread = threading.Thread(target=listener.listen, args=(sub, key), daemon=True)
             thread.start()

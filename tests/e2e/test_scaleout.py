@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.emulator import EmulatorServer
-from pipeline.outbound import momento_client as mc
+from pipeline.outbound.subscriptions import Message
 from tests.conftest import ReceiverServer, WorkerProcess, count_rows, signed_webhook, wait_for
 from tests.e2e.workflow_support import Stack, Subscriber, subscribed
 from tests.integration.emulator_support import unique
@@ -154,7 +154,7 @@ def collect_all(
     while time.monotonic() < (settle_end or end):
         for topic, subscriber in subscribers.items():
             while (event := subscriber.sub.poll(0.01)) is not None:
-                if isinstance(event, mc.Message):
+                if isinstance(event, Message):
                     texts[topic].append(json.loads(str(event.value))["text"])
         if settle_end is None and all(len(t) >= count for t in texts.values()):
             settle_end = time.monotonic() + 1.0

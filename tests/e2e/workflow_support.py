@@ -23,6 +23,7 @@ from typing import Any
 from pipeline.config import Settings
 from pipeline.emulator import EmulatorServer
 from pipeline.outbound import momento_client as mc
+from pipeline.outbound.subscriptions import Message, ResilientSubscription
 from tests.conftest import TEST_SECRET, ReceiverServer, WorkerProcess
 
 WEBHOOK_PATH = "/webhooks/momento"
@@ -114,7 +115,7 @@ def beat(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
 def subscribed(emu: EmulatorServer, cache: str, topic: str) -> Iterator[Subscriber]:
     """An SDK subscription (resilient wrapper), closed before the test moves on."""
     client = mc.topic_client(client_settings(emu))
-    sub = mc.ResilientSubscription(client, cache, topic, stall_timeout_s=30).start()
+    sub = ResilientSubscription(client, cache, topic, stall_timeout_s=30).start()
     try:
         yield Subscriber(sub)
     finally:
@@ -126,7 +127,7 @@ def subscribed(emu: EmulatorServer, cache: str, topic: str) -> Iterator[Subscrib
 class Subscriber:
     """Collects outbound messages: the JSON envelopes {"id", "text"} the outbox publishes."""
 
-    sub: mc.ResilientSubscription
+    sub: ResilientSubscription
     messages: list[Received] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
 
@@ -147,7 +148,7 @@ class Subscriber:
 
     def _poll(self, timeout_s: float) -> None:
         event = self.sub.poll(timeout_s)
-        if isinstance(event, mc.Message):
+        if isinstance(event, Message):
             self.messages.append(Received(event, time.monotonic()))
             self.ids.add(json.loads(str(event.value))["id"])
 
@@ -156,5 +157,5 @@ class Subscriber:
 class Received:
     """A message and when the subscriber got it (monotonic seconds)."""
 
-    message: mc.Message
+    message: Message
     received_at: float

@@ -15,6 +15,8 @@ from pipeline.config import Settings
 from pipeline.emulator import EmulatorServer
 from pipeline.errors import MomentoError
 from pipeline.outbound import momento_client as mc
+from pipeline.outbound.subscriptions import Gap, Message, ResilientSubscription
+from pipeline.outbound.subscriptions_async import ResilientSubscriptionAsync
 from tests.integration.emulator_support import run, unique
 
 CACHE = "client-tests"
@@ -32,7 +34,7 @@ def emu() -> Iterator[EmulatorServer]:
     server.stop()
 
 
-def poll_events(sub: mc.ResilientSubscription, count: int, timeout_s: float = 20) -> list[object]:
+def poll_events(sub: ResilientSubscription, count: int, timeout_s: float = 20) -> list[object]:
     events: list[object] = []
     end = time.monotonic() + timeout_s
     while len(events) < count and time.monotonic() < end:
@@ -43,7 +45,7 @@ def poll_events(sub: mc.ResilientSubscription, count: int, timeout_s: float = 20
 
 
 async def poll_events_async(
-    sub: mc.ResilientSubscriptionAsync, count: int, timeout_s: float = 20
+    sub: ResilientSubscriptionAsync, count: int, timeout_s: float = 20
 ) -> list[object]:
     events: list[object] = []
     end = time.monotonic() + timeout_s
@@ -54,14 +56,14 @@ async def poll_events_async(
     return events
 
 
-def poll_until_failure(sub: mc.ResilientSubscription, timeout_s: float) -> None:
+def poll_until_failure(sub: ResilientSubscription, timeout_s: float) -> None:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         sub.poll(0.2)
 
 
 def values(events: list[object]) -> list[object]:
-    return [e.value for e in events if isinstance(e, mc.Message)]
+    return [e.value for e in events if isinstance(e, Message)]
 
 
 def test_settings_choose_the_server_and_credentials() -> None:
@@ -92,10 +94,10 @@ def test_helpers_round_trip_cache_and_topic(emu: EmulatorServer) -> None:
         assert mc.cache_get(cache, name, "k") is None
         time.sleep(0.3)
         assert mc.cache_get(cache, name, "short") is None
-        with mc.ResilientSubscription(topics, name, "t") as sub:
+        with ResilientSubscription(topics, name, "t") as sub:
             mc.publish(topics, name, "t", "hello")
             events = poll_events(sub, 1)
-    assert events == [mc.Message(name, "t", "hello", 1, events[0].sequence_page)]  # type: ignore[attr-defined]
+    assert events == [Message(name, "t", "hello", 1, events[0].sequence_page)]  # type: ignore[attr-defined]
 
 
 def test_sdk_errors_become_momento_errors_with_code_and_transience(emu: EmulatorServer) -> None:
@@ -106,7 +108,7 @@ def test_sdk_errors_become_momento_errors_with_code_and_transience(emu: Emulator
         with pytest.raises(MomentoError) as too_big:
             mc.publish(topics, CACHE, "t", "x" * 5000)
         with pytest.raises(MomentoError) as no_subscription:
-            mc.ResilientSubscription(topics, unique("nope"), "t").start()
+            ResilientSubscription(topics, unique("nope"), "t").start()
     with EmulatorServer(port=0, admin_port=None) as gone:
         down = settings_for(gone.port)
     with mc.cache_client(down) as cache, pytest.raises(MomentoError) as unavailable:
@@ -126,7 +128,7 @@ def test_resilient_subscription_survives_a_server_restart_and_reports_the_gap() 
     second = None
     try:
         with mc.topic_client(settings) as topics:
-            sub = mc.ResilientSubscription(topics, CACHE, "restart", reconnect_timeout_s=30)
+            sub = ResilientSubscription(topics, CACHE, "restart", reconnect_timeout_s=30)
             with sub.start():
                 for i in range(3):
                     mc.publish(topics, CACHE, "restart", f"a{i}")
@@ -144,7 +146,7 @@ def test_resilient_subscription_survives_a_server_restart_and_reports_the_gap() 
             second.stop()
     old_page = before[0].sequence_page  # type: ignore[attr-defined]
     assert values(before) == ["a0", "a1", "a2"]
-    assert after[0] == mc.Gap(CACHE, "restart", old_page, 4, None, "reset")
+    assert after[0] == Gap(CACHE, "restart", old_page, 4, None, "reset")
     assert values(after) == ["b0", "b1"]
     assert [e.sequence_number for e in after[1:]] == [1, 2]  # type: ignore[attr-defined]
     assert after[1].sequence_page != old_page  # type: ignore[attr-defined]
@@ -160,7 +162,7 @@ def test_resilient_async_subscription_survives_a_server_restart_and_reports_the_
 
     async def scenario() -> tuple[list[object], list[object]]:
         async with mc.topic_client_async(settings_for(port)) as topics:
-            sub = mc.ResilientSubscriptionAsync(topics, CACHE, "restart", reconnect_timeout_s=30)
+            sub = ResilientSubscriptionAsync(topics, CACHE, "restart", reconnect_timeout_s=30)
             async with sub:
                 for i in range(3):
                     await mc.publish_async(topics, CACHE, "restart", f"a{i}")
@@ -182,7 +184,7 @@ def test_resilient_async_subscription_survives_a_server_restart_and_reports_the_
             server.stop()
     assert values(before) == ["a0", "a1", "a2"]
     old_page = before[0].sequence_page  # type: ignore[attr-defined]
-    assert after[0] == mc.Gap(CACHE, "restart", old_page, 4, None, "reset")
+    assert after[0] == Gap(CACHE, "restart", old_page, 4, None, "reset")
     assert values(after) == ["b0", "b1"]
 
 
@@ -195,10 +197,10 @@ def test_numbers_older_than_the_retained_window_are_reported_as_skipped(
         for i in range(1, 21):
             mc.publish(topics, CACHE, topic, f"m{i}")
         page = emu.store.topic(CACHE, topic).page
-        with mc.ResilientSubscription(topics, CACHE, topic, resume_at=3, resume_page=page) as sub:
+        with ResilientSubscription(topics, CACHE, topic, resume_at=3, resume_page=page) as sub:
             events = poll_events(sub, 6)
             resume_point = sub.resume_point
-    assert events[0] == mc.Gap(CACHE, topic, page, 3, 15, "skipped")
+    assert events[0] == Gap(CACHE, topic, page, 3, 15, "skipped")
     assert values(events) == [f"m{i}" for i in range(16, 21)]
     assert resume_point == (21, page)
 
@@ -208,7 +210,7 @@ def test_watchdog_reopens_a_silent_stream_without_loss_or_duplicates() -> None:
     with EmulatorServer(port=0, admin_port=None, heartbeat_s=5) as server:
         server.create_cache(CACHE)
         with mc.topic_client(settings_for(server.port)) as topics:
-            sub = mc.ResilientSubscription(topics, CACHE, "quiet", stall_timeout_s=0.4)
+            sub = ResilientSubscription(topics, CACHE, "quiet", stall_timeout_s=0.4)
             with sub.start():
                 for i in range(4):
                     mc.publish(topics, CACHE, "quiet", f"q{i}")
@@ -225,7 +227,7 @@ def test_close_from_another_thread_stops_promptly_without_spinning(emu: Emulator
     topic = unique("close")
     seen: list[object] = []
     with mc.topic_client(settings_for(emu.port)) as topics:
-        sub = mc.ResilientSubscription(topics, CACHE, topic).start()
+        sub = ResilientSubscription(topics, CACHE, topic).start()
         consumer = threading.Thread(target=lambda: seen.extend(sub), daemon=True)
         consumer.start()
         mc.publish(topics, CACHE, topic, "one")
@@ -251,7 +253,7 @@ def test_subscription_gives_up_after_the_reconnect_timeout_with_a_transient_erro
     server.create_cache(CACHE)
     try:
         with mc.topic_client(settings_for(server.port)) as topics:
-            sub = mc.ResilientSubscription(topics, CACHE, "doomed", reconnect_timeout_s=1.0)
+            sub = ResilientSubscription(topics, CACHE, "doomed", reconnect_timeout_s=1.0)
             with sub.start():
                 server.stop()
                 started = time.monotonic()

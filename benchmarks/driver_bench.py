@@ -123,7 +123,7 @@ def measure(batches: int, batch_size: int, warmup: int, added_rtt_ms: float) -> 
             for i in range(batch_size)
         ]
         result = store_batch(settings, items, policy, None)
-        hand_over(settings, result, items, drive_here, run_here)
+        hand_over(settings, result, drive_here, run_here)
 
     for _ in range(warmup):
         one()

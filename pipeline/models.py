@@ -32,6 +32,15 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+EVENT_TIME_MIN_MS = 946_684_800_000
+"""Earliest ``event_timestamp`` (epoch ms) the receiver accepts and roll-ups count: 2000-01-01."""
+EVENT_TIME_MAX_MS = 4_102_444_800_000
+"""End (exclusive) of that range, 2100-01-01 UTC.
+
+Outside it a value is a unit mistake (seconds, micro- or nanoseconds), not a time: roll-ups skip
+such stored rows rather than compute a window start Postgres cannot hold.
+"""
+
 
 class Base(DeclarativeBase):
     """Declarative base with a naming convention, so migrations name constraints predictably."""

@@ -95,7 +95,7 @@ def _store_and_hand_over(
     # After the commit, events go to the workflow stage: a worker that also serves the workflows
     # queue runs them itself, saving a broker hop and a task; a dedicated one hands them over.
     here = serves_workflows()
-    hand_over(settings, result, items, drive_here if here else None, run_here if here else None)
+    hand_over(settings, result, drive_here if here else None, run_here if here else None)
     # Stored: off the receiver's ledger. Done after the hand-over, as its fsynced Redis write
     # (~0.5 ms) would otherwise delay every event's workflow; meanwhile the batch only holds
     # other batches' gap declarations back by as long (see ``sequencing_horizon``). A hand-over

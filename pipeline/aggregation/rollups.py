@@ -5,7 +5,7 @@ tables with one ``INSERT … SELECT … GROUP BY … ON CONFLICT DO UPDATE`` per
 row whose values did not change is not rewritten, so a re-run changes nothing. Events fall in
 windows by ``event_timestamp``, duplicate deliveries by ``received_at``, lost ranges by
 ``declared_at``. Events with an ``event_timestamp`` outside the years the receiver accepts
-(``pipeline.ingest.events.EVENT_TIME_MIN_MS``/``MAX_MS``) fall in no window: they are counted, and
+(``pipeline.models.EVENT_TIME_MIN_MS``/``MAX_MS``) fall in no window: they are counted, and
 skipped, so that one absurd row cannot stop the roll-ups of every topic. New rows are found by
 id (``watermark`` keeps that safe against ids that commit out of order). A lost range can
 also vanish (its number arrived after all), so windows with lost messages of topics that got
@@ -33,7 +33,7 @@ from sqlalchemy import Connection, Engine, text
 
 from pipeline.aggregation import rollup_sql as sql
 from pipeline.aggregation import watermark
-from pipeline.ingest.events import EVENT_TIME_MAX_MS, EVENT_TIME_MIN_MS
+from pipeline.models import EVENT_TIME_MAX_MS, EVENT_TIME_MIN_MS
 
 logger = logging.getLogger(__name__)
 

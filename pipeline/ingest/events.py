@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import MalformedBody, StaleEvent, TimestampOutOfRange
+from pipeline.models import EVENT_TIME_MAX_MS, EVENT_TIME_MIN_MS
 
 MAX_NAME_LEN = 255
 MAX_JSON_DEPTH = 32
@@ -14,14 +15,6 @@ MAX_JSON_DEPTH = 32
 
 Without a fixed limit, whether a deep body parses depends on the caller's stack depth: the
 receiver could accept one that the worker then fails to parse, an acknowledged event lost.
-"""
-EVENT_TIME_MIN_MS = 946_684_800_000
-"""Earliest ``event_timestamp`` (epoch ms) the receiver accepts and roll-ups count: 2000-01-01."""
-EVENT_TIME_MAX_MS = 4_102_444_800_000
-"""End (exclusive) of that range, 2100-01-01 UTC.
-
-Outside it a value is a unit mistake (seconds, micro- or nanoseconds), not a time: roll-ups skip
-such stored rows rather than compute a window start Postgres cannot hold.
 """
 MAX_EVENT_LAG_MS = 24 * 3600 * 1000
 """How much older than its ``publish_timestamp`` an ``event_timestamp`` may be: one day.
@@ -150,8 +143,3 @@ def _check_storable(name: str, value: str) -> None:
 def webhook_key(event: WebhookEvent) -> str:
     """Natural idempotency key of a webhook within its (cache, topic)."""
     return f"t{event.event_timestamp}:{event.topic_sequence_number}"
-
-
-def subscription_key(page: int, sequence_number: int) -> str:
-    """Natural idempotency key of a subscription item within its (cache, topic)."""
-    return f"p{page}:{sequence_number}"

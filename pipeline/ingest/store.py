@@ -18,7 +18,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from pipeline.config import Settings
 from pipeline.db import Executor, transaction
 from pipeline.errors import MalformedBody
-from pipeline.ingest.events import parse_webhook, subscription_key, webhook_key
+from pipeline.ingest.events import parse_webhook, webhook_key
 from pipeline.models import DeadLetter, Event, EventSource, IngestBatch
 from pipeline.sequencing.rules import SequencePolicy
 from pipeline.sequencing.store import Horizon, SequenceReport, sequence_rows
@@ -40,6 +40,9 @@ class StoreResult:
     duplicates: int = 0
     dead: int = 0
     replayed: bool = False
+    keys: list[tuple[str, str, str]] = field(default_factory=list)
+    """A redelivered batch's events by natural key (cache, topic, idempotency key), for the
+    hand-over to find them."""
     sequence: SequenceReport = field(default_factory=SequenceReport)
 
     def count(self, offered: int, inserted: Sequence[Any]) -> None:
@@ -86,26 +89,10 @@ def webhook_rows(items: Sequence[RawItem]) -> tuple[list[dict[str, Any]], list[t
     return rows, poison
 
 
-def subscription_row(
-    cache: str, topic: str, sequence_number: int, page: int, text: str, received_ms: int
-) -> dict[str, Any]:
-    """An event row for an item read from a topic subscription (no timestamps from Momento)."""
-    return {
-        "cache": cache,
-        "topic": topic,
-        "topic_sequence_number": sequence_number,
-        "sequence_page": page,
-        "event_timestamp": received_ms,
-        "publish_timestamp": None,
-        "token_id": "",
-        "text": text,
-        "raw_body": None,
-        "received_at": _ms_to_datetime(received_ms),
-        "source": EventSource.SUBSCRIPTION,
-        "idempotency_key": subscription_key(page, sequence_number),
-        "epoch": None,
-        "arrival": None,
-    }
+def natural_keys(items: Sequence[RawItem]) -> list[tuple[str, str, str]]:
+    """(cache, topic, idempotency key) of each well-formed item: how its stored event is found."""
+    rows, _ = webhook_rows(items)
+    return sorted({(row["cache"], row["topic"], row["idempotency_key"]) for row in rows})
 
 
 _RETURNED = "id, cache, topic, epoch, topic_sequence_number"
@@ -296,4 +283,4 @@ def store_batch(
         with transaction(settings) as conn:
             return store_webhook_batch(conn, items, policy, batch_id, isolate=True, horizon=horizon)
     except BatchStoredBefore:
-        return StoreResult(replayed=True)
+        return StoreResult(replayed=True, keys=natural_keys(items))

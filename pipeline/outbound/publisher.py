@@ -27,10 +27,9 @@ from pipeline.config import Settings
 from pipeline.errors import MomentoError
 from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus, outbox_status_is
 from pipeline.outbound import momento_client
+from pipeline.outbound.outbox_sql import MARK_SENT, SEND_COLUMNS, envelope, try_lock, unlock
 from pipeline.outbound.ratelimit import LocalBucket, TokenBucket
 from pipeline.stores import broker_url, is_redis, redis_url
-from pipeline.workflows.outbox import SEND_COLUMNS, envelope
-from pipeline.workflows.route_cursor_sql import MARK_SENT, TRY_LOCK, UNLOCK
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +58,6 @@ class SendReport:
         self.dead += other.dead
         if other.retry_in_s is not None:
             self.retry_in_s = min(self.retry_in_s or other.retry_in_s, other.retry_in_s)
-
-
-def try_lock(conn: Connection, key: str) -> bool:
-    """Take a topic's session advisory lock if free (``conn`` should be in autocommit)."""
-    return bool(conn.execute(TRY_LOCK, {"p_key": key}).scalar())
-
-
-def unlock(conn: Connection, key: str) -> None:
-    """Let a topic's session advisory lock go."""
-    conn.execute(UNLOCK, {"p_key": key})
 
 
 def make_bucket(settings: Settings) -> Bucket:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from datetime import timedelta
-from typing import Any
+from typing import Protocol
 
 from celery import Celery
 from prometheus_client import Counter
@@ -26,11 +26,8 @@ from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, tupl
 
 from pipeline.config import Settings
 from pipeline.db import get_engine
-from pipeline.errors import MalformedBody
-from pipeline.ingest.events import parse_webhook, webhook_key
-from pipeline.ingest.store import StoreResult
 from pipeline.models import Event, RouteCursor, TopicCursorRow, WorkflowRun
-from pipeline.outbound.publisher import try_lock, unlock
+from pipeline.outbound.outbox_sql import try_lock, unlock
 from pipeline.workflows.route_cursors import Places, late_events, topic_key
 from pipeline.workflows.routes import Route, RouteTable, routes_for
 from pipeline.workflows.runner import INLINE_BUDGET_S
@@ -56,15 +53,23 @@ ACTIVE_WINDOW = timedelta(hours=1)
 """Ordered topics quiet for longer are not nudged by the sweep."""
 
 
-def batch_event_ids(conn: Connection, items: Sequence[Sequence[Any]]) -> list[int]:
+class Stored(Protocol):
+    """What the hand-over needs of a stored batch (``pipeline.ingest.store.StoreResult``)."""
+
+    @property
+    def new_ids(self) -> Sequence[int]: ...
+    @property
+    def places(self) -> Places: ...
+    @property
+    def topics(self) -> Set[tuple[str, str]]: ...
+    @property
+    def replayed(self) -> bool: ...
+    @property
+    def keys(self) -> Sequence[tuple[str, str, str]]: ...
+
+
+def batch_event_ids(conn: Connection, keys: Sequence[tuple[str, str, str]]) -> list[int]:
     """Ids of a (redelivered) receiver batch's stored events, found by their natural keys."""
-    keys = set()
-    for item in items:
-        try:
-            event = parse_webhook(item[0])
-        except (MalformedBody, TypeError, ValueError, IndexError):
-            continue
-        keys.add((event.cache, event.topic, webhook_key(event)))
     if not keys:
         return []
     found = conn.execute(
@@ -77,8 +82,7 @@ def dispatch_stored(
     app: Celery,
     engine: Engine,
     routes: RouteTable,
-    result: StoreResult,
-    items: Sequence[Sequence[Any]] = (),
+    result: Stored,
     drive: Drive | None = None,
     run: Run | None = None,
 ) -> int:
@@ -91,7 +95,7 @@ def dispatch_stored(
     if not routes.routes or not (result.new_ids or result.replayed):
         UNROUTED_EVENTS.inc(len(result.new_ids))
         return 0
-    by_topic = _by_topic(engine, result, items)
+    by_topic = _by_topic(engine, result)
     matched = {topic: routes.matching(*topic) for topic in by_topic}
     pairs = [
         (route.name, event_id)
@@ -164,15 +168,13 @@ def nudge(
     return dispatch_late(app, conn, route.name, late_events(conn, route.name, cache, topic, ids))
 
 
-def _by_topic(
-    engine: Engine, result: StoreResult, items: Sequence[Sequence[Any]]
-) -> dict[tuple[str, str], list[int]]:
+def _by_topic(engine: Engine, result: Stored) -> dict[tuple[str, str], list[int]]:
     """The batch's event ids by topic (no query when the batch is one topic, the usual case)."""
     if not result.replayed and len(result.topics) == 1:
         return {next(iter(result.topics)): list(result.new_ids)}
     by_topic: dict[tuple[str, str], list[int]] = defaultdict(list)
     with engine.connect() as conn:
-        ids = batch_event_ids(conn, items) if result.replayed else result.new_ids
+        ids = batch_event_ids(conn, result.keys) if result.replayed else result.new_ids
         rows = conn.execute(select(Event.id, Event.cache, Event.topic).where(Event.id.in_(ids)))
         for row in rows:
             by_topic[(row.cache, row.topic)].append(row.id)
@@ -181,8 +183,7 @@ def _by_topic(
 
 def hand_over(
     settings: Settings,
-    result: StoreResult,
-    items: Sequence[Sequence[Any]],
+    result: Stored,
     drive: Drive | None = None,
     run: Run | None = None,
 ) -> int:
@@ -190,7 +191,7 @@ def hand_over(
     from pipeline.celery_app import app
 
     engine = get_engine(settings)
-    return dispatch_stored(app, engine, routes_for(settings), result, items, drive, run)
+    return dispatch_stored(app, engine, routes_for(settings), result, drive, run)
 
 
 def sweep(app: Celery, engine: Engine, routes: RouteTable, stall: timedelta) -> dict[str, int]:

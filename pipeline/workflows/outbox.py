@@ -13,7 +13,6 @@ sending and marking a row sent may cause.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -42,36 +41,17 @@ from pipeline.models import (
     WorkflowRun,
     outbox_status_is,
 )
+from pipeline.outbound.outbox_sql import MARK_SENT, SEND_COLUMNS
 from pipeline.workflows.results import Output
-from pipeline.workflows.route_cursor_sql import MARK_SENT, SKIPPED
+from pipeline.workflows.route_cursor_sql import SKIPPED
 from pipeline.workflows.route_cursors import Move, topic_key
 from pipeline.workflows.routes import Route
 from pipeline.workflows.templates import render
-
-SEND_COLUMNS = (
-    OutboxMessage.id,
-    OutboxMessage.route,
-    OutboxMessage.event_id,
-    OutboxMessage.kind,
-    OutboxMessage.target_cache,
-    OutboxMessage.target_topic,
-    OutboxMessage.target_key,
-    OutboxMessage.payload,
-    OutboxMessage.message_id,
-    OutboxMessage.ordering_key,
-    OutboxMessage.attempts,
-)
-"""What sending a row needs (plus ``due``: whether its retry backoff has passed)."""
 
 
 def message_id(event_id: int, route: str) -> str:
     """The stable id of the message a route publishes for an event."""
     return f"{event_id}:{route}"
-
-
-def envelope(message_id: str, text: str) -> str:
-    """The outbound topic message: compact JSON with the id consumers dedupe on."""
-    return json.dumps({"id": message_id, "text": text}, separators=(",", ":"), ensure_ascii=False)
 
 
 def ordering_key(route: Route, cache: str, topic: str) -> str | None:

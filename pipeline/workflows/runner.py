@@ -21,7 +21,8 @@ from sqlalchemy import Connection, Engine
 
 from pipeline.config import Settings
 from pipeline.outbound.ordered_sender import OrderedSender
-from pipeline.outbound.publisher import Publisher, SendReport, try_lock, unlock
+from pipeline.outbound.outbox_sql import try_lock, unlock
+from pipeline.outbound.publisher import Publisher, SendReport
 from pipeline.workflows import route_cursors as ordering
 from pipeline.workflows.backpressure import LagReporter
 from pipeline.workflows.outbox import (

@@ -11,7 +11,8 @@ from sqlalchemy import Connection, text
 
 from pipeline.config import Settings
 from pipeline.db import get_engine
-from pipeline.outbound.publisher import Publisher, try_lock, unlock
+from pipeline.outbound.outbox_sql import try_lock, unlock
+from pipeline.outbound.publisher import Publisher
 from pipeline.sequencing.rules import Delivery, SequencePolicy, advance
 from pipeline.sequencing.state import TopicCursor
 from pipeline.workflows import route_cursors as ordering

@@ -12,9 +12,10 @@ import pytest
 
 from pipeline.cli.replay import parse_time
 from pipeline.models import OutboxKind, OutboxStatus
+from pipeline.outbound.outbox_sql import envelope
 from pipeline.sequencing.rules import Delivery, SequencePolicy, advance
 from pipeline.sequencing.state import TopicCursor
-from pipeline.workflows.outbox import envelope, message_id, outbox_rows
+from pipeline.workflows.outbox import message_id, outbox_rows
 from pipeline.workflows.results import Output, output, parse_output
 from pipeline.workflows.route_cursors import releasable, release_limit
 from pipeline.workflows.routes import parse_routes

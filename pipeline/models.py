@@ -334,3 +334,32 @@ class RouteCursor(Base):
     released: Mapped[int] = mapped_column(BigInteger, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class SubscriptionLease(Base):
+    """Which listener consumes a subscribed topic, until when, and where the topic resumes.
+
+    ``holder`` renews ``expires_at`` while it lives; an expired lease may be taken by any other
+    listener. (``resume_seq``, ``resume_page``) is the first item not yet durable: everything
+    before it is in the broker or in Postgres, so a new holder subscribes from there.
+    """
+
+    __tablename__ = "subscription_leases"
+
+    cache: Mapped[str] = mapped_column(String(255), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(255))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resume_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    resume_page: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Listener(Base):
+    """A running ``pipeline listen`` process, seen at its last lease round."""
+
+    __tablename__ = "listeners"
+
+    holder: Mapped[str] = mapped_column(String(255), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

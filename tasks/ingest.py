@@ -1,4 +1,8 @@
-"""Ingest tasks: store receiver batches in Postgres, then hand new events to the sequencer."""
+"""Ingest tasks: store batches from the doors in Postgres, then hand new events to the sequencer.
+
+``store_webhooks`` takes the receiver's batches, ``store_subscribed`` the listener's
+(``pipeline.sources``); both take the same path from here on.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,22 @@ from pipeline.celery_app import app
 from pipeline.config import Settings, get_settings
 from pipeline.db import transaction
 from pipeline.ingest.ledger import sequencing_horizon, settle_stored
-from pipeline.ingest.store import StoreResult, dead_letter, store_batch
+from pipeline.ingest.store import RowsOf, StoreResult, dead_letter, store_batch, webhook_rows
 from pipeline.sequencing.store import policy_from
+from pipeline.sources.items import subscription_rows
 from pipeline.stores import broker_url
 from pipeline.workflows.dispatch import hand_over
 from tasks.workflows import drive_here, run_here, serves_workflows
 
 logger = get_task_logger(__name__)
+
+DB_ERRORS = (OperationalError, InterfaceError)
+TRANSIENT = (*DB_ERRORS, PendingRollbackError, redis.RedisError, kombu.exceptions.OperationalError)
+"""Postgres or the broker is unreachable (or a connection it dropped is being rolled back)."""
+BACKOFF_MAX_S = 30.0
+POISON_AFTER = 3
+"""Other failures in a row after which a batch is dead-lettered: the same input fails again."""
+TASK_OPTIONS: dict[str, Any] = {"bind": True, "acks_late": True, "reject_on_worker_lost": True}
 
 
 @worker_init.connect
@@ -36,39 +49,37 @@ def _ingest_events(**_: Any) -> None:
     worker's consumer process. Ingest is counted on the receiver's /metrics instead; the
     workflow, publish and aggregate tasks still show in Flower.
     """
-    store_webhooks.send_events = get_settings().pipeline_ingest_task_events
+    send_events = get_settings().pipeline_ingest_task_events
+    store_webhooks.send_events = store_subscribed.send_events = send_events
 
 
-DB_ERRORS = (OperationalError, InterfaceError)
-TRANSIENT = (*DB_ERRORS, PendingRollbackError, redis.RedisError, kombu.exceptions.OperationalError)
-"""Postgres or the broker is unreachable (or a connection it dropped is being rolled back)."""
-BACKOFF_MAX_S = 30.0
-POISON_AFTER = 3
-"""Other failures in a row after which a batch is dead-lettered: the same input fails again."""
-
-
-@app.task(
-    bind=True,
-    name="tasks.ingest.store_webhooks",
-    acks_late=True,
-    reject_on_worker_lost=True,
-)
+@app.task(name="tasks.ingest.store_webhooks", **TASK_OPTIONS)
 def store_webhooks(self: Task, items: list[list[Any]]) -> dict[str, int]:
-    """Store one batch of ``[raw body, received ms]`` items; waits in place while Postgres is down.
+    """Store one receiver batch of ``[raw body, received ms]`` items (see ``store_items``)."""
+    return store_items(self.request.id, items, webhook_rows)
+
+
+@app.task(name="tasks.ingest.store_subscribed", **TASK_OPTIONS)
+def store_subscribed(self: Task, items: list[list[Any]]) -> dict[str, int]:
+    """Store one listener batch of subscription items (``pipeline.sources.items``)."""
+    return store_items(self.request.id, items, subscription_rows)
+
+
+def store_items(batch_id: str, items: list[list[Any]], rows_of: RowsOf) -> dict[str, int]:
+    """Store a batch; waits in place while a store is down.
 
     The task keeps its broker message while it waits instead of re-sending itself (Celery's
     retry would): the batch keeps its place in the queue's order, and stays held by this live
-    worker (``pipeline.ingest.held_deliveries``), so nothing else runs it meanwhile. A batch that fails
-    ``POISON_AFTER`` times in a row for any other reason is dead-lettered whole: the same input
-    would fail again.
+    worker (``pipeline.ingest.held_deliveries``), so nothing else runs it meanwhile. A batch that
+    fails ``POISON_AFTER`` times in a row for any other reason is dead-lettered whole: the same
+    input would fail again.
     """
     settings = get_settings()
     broker = broker_url(settings)
-    batch_id = self.request.id
     failures = 0
     for attempt in itertools.count():
         try:
-            result = _store_and_hand_over(settings, broker, items, batch_id)
+            result = _store_and_hand_over(settings, broker, items, batch_id, rows_of)
             break
         except TRANSIENT as exc:  # a store is down: wait for it, however long
             delay_s = random.uniform(0.5, 1.0) * min(BACKOFF_MAX_S, 2.0**attempt)
@@ -96,14 +107,14 @@ def store_webhooks(self: Task, items: list[list[Any]]) -> dict[str, int]:
 
 
 def _store_and_hand_over(
-    settings: Settings, broker: str, items: list[list[Any]], batch_id: str
+    settings: Settings, broker: str, items: list[list[Any]], batch_id: str, rows_of: RowsOf
 ) -> StoreResult:
     hold_s = settings.pipeline_backlog_hold_s
 
     def horizon() -> int | None:  # batches received earlier but still queued keep gaps open
         return sequencing_horizon(broker, hold_s, batch_id)
 
-    result = store_batch(settings, items, policy_from(settings), batch_id, horizon)
+    result = store_batch(settings, items, policy_from(settings), batch_id, horizon, rows_of)
     # After the commit, events go to the workflow stage: a worker that also serves the workflows
     # queue runs them itself, saving a broker hop and a task; a dedicated one hands them over.
     here = serves_workflows()

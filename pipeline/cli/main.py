@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pipeline.cli.common import configure_logging, services, settings_or_exit
+from pipeline.cli.listen import listen
 from pipeline.cli.replay import replay
 from pipeline.cli.stats import stats
 from pipeline.config import load_settings
@@ -261,6 +262,7 @@ def _register_optional_commands() -> None:
 
 cli.add_command(stats)
 cli.add_command(replay)
+cli.add_command(listen)
 _register_optional_commands()
 
 

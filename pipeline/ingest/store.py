@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -89,9 +89,15 @@ def webhook_rows(items: Sequence[RawItem]) -> tuple[list[dict[str, Any]], list[t
     return rows, poison
 
 
-def natural_keys(items: Sequence[RawItem]) -> list[tuple[str, str, str]]:
+RowsOf = Callable[[Sequence[RawItem]], tuple[list[dict[str, Any]], list[tuple[Any, str]]]]
+"""Turns a batch's items into event rows and poison: ``webhook_rows``, or another door's."""
+
+
+def natural_keys(
+    items: Sequence[RawItem], rows_of: RowsOf = webhook_rows
+) -> list[tuple[str, str, str]]:
     """(cache, topic, idempotency key) of each well-formed item: how its stored event is found."""
-    rows, _ = webhook_rows(items)
+    rows, _ = rows_of(items)
     return sorted({(row["cache"], row["topic"], row["idempotency_key"]) for row in rows})
 
 
@@ -238,6 +244,7 @@ def store_webhook_batch(
     *,
     isolate: bool = False,
     horizon: Horizon | None = None,
+    rows_of: RowsOf = webhook_rows,
 ) -> StoreResult:
     """Store and sequence a receiver batch exactly once in effect; returns what was new.
 
@@ -250,7 +257,7 @@ def store_webhook_batch(
     result = StoreResult()
     if isolate and batch_id is not None and not claim_batch(conn, batch_id):
         raise BatchStoredBefore(batch_id)
-    rows, poison = webhook_rows(items)
+    rows, poison = rows_of(items)
     for item, reason in poison:
         kept = list(item) if isinstance(item, list) else repr(item)
         dead_letter(conn, "ingest", reason, {"item": kept})
@@ -269,6 +276,7 @@ def store_batch(
     policy: SequencePolicy,
     batch_id: str | None,
     horizon: Horizon | None = None,
+    rows_of: RowsOf = webhook_rows,
 ) -> StoreResult:
     """``store_webhook_batch`` in its own transaction; redone row by row if a row is refused.
 
@@ -277,10 +285,14 @@ def store_batch(
     try:
         try:
             with transaction(settings) as conn:
-                return store_webhook_batch(conn, items, policy, batch_id, horizon=horizon)
+                return store_webhook_batch(
+                    conn, items, policy, batch_id, horizon=horizon, rows_of=rows_of
+                )
         except RowsRefused as exc:
             logger.warning("batch refused, isolating rows count=%d error=%s", len(items), exc)
         with transaction(settings) as conn:
-            return store_webhook_batch(conn, items, policy, batch_id, isolate=True, horizon=horizon)
+            return store_webhook_batch(
+                conn, items, policy, batch_id, isolate=True, horizon=horizon, rows_of=rows_of
+            )
     except BatchStoredBefore:
-        return StoreResult(replayed=True, keys=natural_keys(items))
+        return StoreResult(replayed=True, keys=natural_keys(items, rows_of))

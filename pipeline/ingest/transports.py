@@ -65,8 +65,9 @@ class RedisPush:
 
     @staticmethod
     def oldest_received_ms(items: Sequence[Item]) -> int:
-        """When the batch's oldest item was received: items are ``[body, received ms]``."""
-        return min((int(item[1]) for item in items), default=int(time.time() * 1000))
+        """When the batch's oldest item was received: every door's items end with the receive
+        time in ms (``[body, received ms]`` for webhooks)."""
+        return min((int(item[-1]) for item in items), default=int(time.time() * 1000))
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -74,6 +75,8 @@ class RedisPush:
 
 
 INGEST_TASK = "tasks.ingest.store_webhooks"
+SUBSCRIBED_TASK = "tasks.ingest.store_subscribed"
+"""The listener's batches of subscription items (``pipeline.sources``): same queue, same path."""
 INGEST_QUEUE = "ingest"
 
 
@@ -86,8 +89,9 @@ def _receiver_celery(settings: Settings) -> Celery:
     return app
 
 
-def redis_sender(settings: Settings) -> RedisPush:
-    """Send each batch as one `store_webhooks` message with a single LPUSH (Redis brokers).
+def redis_sender(settings: Settings, task: str = INGEST_TASK) -> RedisPush:
+    """Send each batch as one ``task`` message (default `store_webhooks`) with a single LPUSH
+    (Redis brokers).
 
     The message is what Celery's producer would put on the ``ingest`` list (Celery's task
     protocol 2 from ``as_task_v2``, in kombu's Redis envelope), so workers cannot tell the
@@ -99,10 +103,10 @@ def redis_sender(settings: Settings) -> RedisPush:
         task_id = uuid()
         message = app.amqp.as_task_v2(
             task_id,
-            INGEST_TASK,
+            task,
             args=[list(items)],
             ignore_result=True,
-            argsrepr=f"[<{len(items)} webhooks>]",  # no bodies in monitoring events
+            argsrepr=f"[<{len(items)} events>]",  # no bodies in monitoring events
         )
         properties = {
             **message.properties,
@@ -126,8 +130,8 @@ def redis_sender(settings: Settings) -> RedisPush:
     return RedisPush(broker_url(settings), INGEST_QUEUE, encode, ledger=True)
 
 
-def celery_sender(settings: Settings) -> SendBatch:
-    """Send a batch as one `store_webhooks` message through Celery (any broker); fail fast."""
+def celery_sender(settings: Settings, task: str = INGEST_TASK) -> SendBatch:
+    """Send a batch as one ``task`` message through Celery (any broker); fail fast."""
     app = _receiver_celery(settings)
     app.conf.broker_connection_timeout = 1.0
     # A "task-sent" event per batch is a second broker round trip on the hot path; workers'
@@ -137,7 +141,7 @@ def celery_sender(settings: Settings) -> SendBatch:
 
     def send(items: Sequence[Any]) -> None:
         app.send_task(
-            INGEST_TASK,
+            task,
             args=[list(items)],
             queue=INGEST_QUEUE,
             retry=True,
@@ -150,8 +154,8 @@ def celery_sender(settings: Settings) -> SendBatch:
     return send
 
 
-def default_sender(settings: Settings) -> SendBatch | AsyncSender:
+def default_sender(settings: Settings, task: str = INGEST_TASK) -> SendBatch | AsyncSender:
     """A direct LPUSH for Redis brokers, Celery's producer for any other."""
     if is_redis(broker_url(settings)):
-        return redis_sender(settings)
-    return celery_sender(settings)
+        return redis_sender(settings, task)
+    return celery_sender(settings, task)

@@ -71,6 +71,13 @@ class ResilientSubscriptionAsync(_Base):
                 raise self._failure from None
             return None
 
+    def drain(self, limit: int) -> list[Message | Gap]:
+        """Up to ``limit`` events already received, without waiting."""
+        events: list[Message | Gap] = []
+        while len(events) < limit and not self._events.empty():
+            events.append(self._events.get_nowait())
+        return events
+
     def __aiter__(self) -> Self:
         return self
 

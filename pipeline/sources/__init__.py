@@ -1,6 +1,8 @@
-"""Sources: other doors into the ingest path than the webhook receiver.
+"""Sources: doors into the ingest path besides the webhook receiver.
 
-Empty for now: the subscription listener (``pipeline listen``, ``[[subscriptions]]`` in the
-routes file) will live here, feeding the same ingest store as the receiver.
-May import: the shared floor and ``pipeline.ingest``.
+``listener`` (``pipeline listen``) consumes the routes file's ``[[subscriptions]]`` topics by
+subscription; ``leases`` shares those topics among listeners; ``items`` is how a received
+message travels to the ingest task and the event row it becomes.
+May import: the shared floor, ``pipeline.ingest`` (the same group commit and store),
+``pipeline.outbound``'s Momento client and subscriptions, and the routes file parser.
 """

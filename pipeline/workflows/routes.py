@@ -12,6 +12,14 @@
 Every route whose globs match an event runs. ``publish``/``cache_set`` are templates naming
 ``{cache}``/``{topic}`` of the inbound event and fields of the result (``workflows.output``).
 A bad file raises RoutesError naming the file, line and every problem; nothing starts with it.
+
+The same file names the topics ``pipeline listen`` consumes by subscription (exact names:
+Momento has neither topic wildcards nor a way to list topics); routes match their events
+exactly as they match webhook events:
+
+    [[subscriptions]]
+    cache = "demo"
+    topics = ["topic 1", "orders"]
 """
 
 from __future__ import annotations
@@ -109,6 +117,8 @@ class RouteTable:
 
     routes: tuple[Route, ...] = ()
     path: Path | None = None
+    subscriptions: tuple[tuple[str, str], ...] = ()
+    """(cache, topic) of every subscribed topic, in file order, each once."""
     _by_name: dict[str, Route] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -172,9 +182,13 @@ def parse_routes(text: str, path: Path, *, resolve: bool = True) -> RouteTable:
         where = f"{found.group(1)}:{found.group(2)}" if found else "1"
         raise RoutesError(f"{path}:{where}: not valid TOML: {exc}") from exc
     problems = _Problems(path, text)
-    unknown = sorted(set(data) - {"routes"})
+    unknown = sorted(set(data) - {"routes", "subscriptions"})
     if unknown:
-        problems.add(1, f"unknown top-level key(s) {unknown}; a routes file holds [[routes]]")
+        problems.add(
+            1,
+            f"unknown top-level key(s) {unknown}; a routes file holds [[routes]] and "
+            "[[subscriptions]]",
+        )
     raw = data.get("routes", [])
     if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
         problems.add(1, "routes must be an array of tables ([[routes]])")
@@ -189,9 +203,40 @@ def parse_routes(text: str, path: Path, *, resolve: bool = True) -> RouteTable:
             problems.add(route.line, f"route name {route.name!r} is used twice")
         names.add(route.name)
         routes.append(route)
+    subscriptions = _subscriptions(data.get("subscriptions", []), problems)
     if problems.found:
         raise RoutesError("\n".join(problems.found))
-    return RouteTable(tuple(routes), path)
+    return RouteTable(tuple(routes), path, subscriptions)
+
+
+def _subscriptions(raw: Any, problems: _Problems) -> tuple[tuple[str, str], ...]:
+    """The ``[[subscriptions]]`` tables as (cache, topic) pairs; problems noted with lines."""
+    lines = [i + 1 for i, line in enumerate(problems.lines)
+             if re.match(r"^\s*\[\[\s*subscriptions\s*\]\]", line)]  # fmt: skip
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        problems.add(1, "subscriptions must be an array of tables ([[subscriptions]])")
+        return ()
+    found: dict[tuple[str, str], None] = {}
+    for index, item in enumerate(raw):
+        line = lines[index] if index < len(lines) else 1
+        unknown = sorted(set(item) - {"cache", "topics"})
+        cache, topics = item.get("cache"), item.get("topics")
+        if unknown:
+            problems.add(line, f"unknown key(s) {unknown} in [[subscriptions]]: cache, topics")
+        if not isinstance(cache, str) or not cache:
+            problems.add(line, f"subscriptions need a cache name, got {cache!r}")
+            continue
+        if not isinstance(topics, list) or not topics:
+            problems.add(line, f"subscriptions need topics = [names], got {topics!r}")
+            continue
+        for topic in topics:
+            if not isinstance(topic, str) or not topic:
+                problems.add(line, f"a subscribed topic must be a non-empty name, got {topic!r}")
+            elif any(ch in topic for ch in "*?["):
+                problems.add(line, f"topic {topic!r}: subscriptions take exact names, no globs")
+            else:
+                found[(cache, topic)] = None
+    return tuple(found)
 
 
 def _route(item: dict[str, Any], index: int, problems: _Problems, resolve: bool) -> Route | None:

@@ -1,0 +1,203 @@
+"""``pipeline listen`` end to end: the official SDK publishes to the local server, listener
+processes consume by subscription, a real worker stores into real Postgres.
+
+Every subscription here lives in a child process (the listener) or in the local server; the
+test process itself only publishes, so no SDK stream can spin in it (MOMENTO.md E.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from momento import TopicClientAsync
+
+from pipeline.config import Settings
+from pipeline.emulator import EmulatorServer
+from pipeline.outbound.momento_client import publish_async
+from tests.conftest import WorkerProcess, count_rows, wait_for
+from tests.integration.emulator_support import topic_client_async
+
+CACHE = "sub"
+
+
+class ListenerProcess:
+    """`pipeline listen` in its own process group, as deployments run it."""
+
+    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "listen", "--name", name],
+                env=dict(os.environ) | env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorServer]:
+    server = EmulatorServer(port=0, admin_port=None, idle_reset_s=0, retain=20_000).start()
+    server.create_cache(CACHE)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def listen_env(db: Settings, emulator: EmulatorServer, tmp_path: Path) -> dict[str, str]:
+    routes = tmp_path / "routes.toml"
+    topics = ", ".join(f'"t-{i}"' for i in range(10))
+    routes.write_text(f'[[subscriptions]]\ncache = "{CACHE}"\ntopics = [{topics}]\n')
+    return {"MOMENTO_LOCAL": emulator.address, "PIPELINE_ROUTES": str(routes)}
+
+
+@pytest.fixture
+def listeners(
+    tmp_path: Path, listen_env: dict[str, str]
+) -> Iterator[Callable[[str], ListenerProcess]]:
+    started: list[ListenerProcess] = []
+
+    def start(name: str) -> ListenerProcess:
+        listener = ListenerProcess(name, listen_env, tmp_path / f"{name}.log")
+        started.append(listener)
+        return listener
+
+    yield start
+    for listener in started:
+        listener.stop()
+
+
+async def publish_all(port: int, total: int, topics: int, rate: float) -> dict[str, int]:
+    """Publish ``total`` messages round-robin over t-0.. at ``rate``/s; count per topic."""
+    client: TopicClientAsync = topic_client_async(port)
+    sent: dict[str, int] = {}
+    start = time.monotonic()
+    try:
+        for n in range(total):
+            topic = f"t-{n % topics}"
+            await publish_async(client, CACHE, topic, f"message {n}")
+            sent[topic] = sent.get(topic, 0) + 1
+            delay = start + (n + 1) / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+    finally:
+        await client.close()
+    return sent
+
+
+def stored_by_topic(settings: Settings) -> dict[str, tuple[int, int]]:
+    """(rows, distinct numbers) per topic of subscription events."""
+    from sqlalchemy import text
+
+    from pipeline.db import get_engine
+
+    query = text(
+        "SELECT topic, count(*), count(DISTINCT (sequence_page, topic_sequence_number)) "
+        "FROM events WHERE source = 'subscription' GROUP BY topic"
+    )
+    with get_engine(settings).connect() as conn:
+        return {row[0]: (int(row[1]), int(row[2])) for row in conn.execute(query)}
+
+
+def held_by(settings: Settings) -> dict[str, str | None]:
+    from sqlalchemy import text
+
+    from pipeline.db import get_engine
+
+    query = text("SELECT topic, holder FROM subscription_leases WHERE expires_at > now()")
+    with get_engine(settings).connect() as conn:
+        return {row[0]: row[1] for row in conn.execute(query)}
+
+
+@pytest.mark.timeout(300)
+def test_every_message_is_stored_once_while_the_listener_is_killed_five_times(
+    db: Settings,
+    emulator: EmulatorServer,
+    listen_env: dict[str, str],
+    listeners: Callable[[str], ListenerProcess],
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    worker_factory("listen-store", env=listen_env)
+    current = listeners("l-0")
+    assert wait_for(lambda: len(held_by(db)) == 10, 30), "the listener took no leases"
+    result: dict[str, int] = {}
+
+    def publisher() -> None:
+        result.update(asyncio.run(publish_all(emulator.port, 10_000, 10, rate=400)))
+
+    import threading
+
+    thread = threading.Thread(target=publisher)
+    thread.start()
+    for kill in range(1, 6):
+        time.sleep(3)
+        current.kill()
+        current = listeners(f"l-{kill}")
+    thread.join(120)
+    assert not thread.is_alive()
+    assert sum(result.values()) == 10_000
+
+    def all_stored() -> bool:
+        stored = stored_by_topic(db)
+        return all(stored.get(topic, (0, 0))[1] >= n for topic, n in result.items())
+
+    assert wait_for(all_stored, 90, 0.5), stored_by_topic(db)
+    stored = stored_by_topic(db)
+    assert {topic: rows for topic, (rows, _) in stored.items()} == result  # none twice
+    assert {topic: distinct for topic, (_, distinct) in stored.items()} == result
+    assert count_rows(db, "SELECT count(*) FROM lost_ranges") == 0
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_listeners_topics_resume_on_the_other_within_ten_seconds(
+    db: Settings,
+    emulator: EmulatorServer,
+    listen_env: dict[str, str],
+    listeners: Callable[[str], ListenerProcess],
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    worker_factory("listen-failover", env=listen_env)
+    first = listeners("first")
+    listeners("second")
+
+    def shared() -> bool:
+        holders = held_by(db)
+        return len(holders) == 10 and set(holders.values()) == {"first", "second"}
+
+    assert wait_for(shared, 30), held_by(db)
+    asyncio.run(publish_all(emulator.port, 200, 10, rate=400))
+    first.kill()
+    killed_at = time.monotonic()
+    assert wait_for(lambda: set(held_by(db).values()) == {"second"} and len(held_by(db)) == 10, 15)
+    taken_s = time.monotonic() - killed_at
+    assert taken_s <= 10, f"topics taken over after {taken_s:.1f} s"
+    sent = asyncio.run(publish_all(emulator.port, 200, 10, rate=400))
+    total = {topic: 2 * n for topic, n in sent.items()}
+
+    def all_stored() -> bool:
+        stored = stored_by_topic(db)
+        return {topic: rows for topic, (rows, _) in stored.items()} == total
+
+    assert wait_for(all_stored, 30, 0.5), stored_by_topic(db)

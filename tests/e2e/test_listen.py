@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from momento import TopicClientAsync
@@ -201,3 +202,120 @@ def test_a_killed_listeners_topics_resume_on_the_other_within_ten_seconds(
         return {topic: rows for topic, (rows, _) in stored.items()} == total
 
     assert wait_for(all_stored, 30, 0.5), stored_by_topic(db)
+
+
+def count_where(settings: Settings, where: str) -> int:
+    return count_rows(settings, f"SELECT count(*) FROM events WHERE {where}")
+
+
+@pytest.mark.timeout(180)
+def test_a_local_server_restart_is_recorded_as_a_reset_and_ingestion_goes_on(
+    db: Settings,
+    emulator: EmulatorServer,
+    listen_env: dict[str, str],
+    listeners: Callable[[str], ListenerProcess],
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    worker_factory("listen-restart", env=listen_env)
+    listeners("restart")
+    assert wait_for(lambda: len(held_by(db)) == 10, 30)
+    asyncio.run(publish_all(emulator.port, 50, 10, rate=400))
+    assert wait_for(lambda: count_where(db, "source = 'subscription'") == 50, 30)
+    port = emulator.port
+    emulator.stop()  # its state goes: every topic restarts its numbering on a new page
+    restarted = EmulatorServer(port=port, admin_port=None, idle_reset_s=0, retain=20_000).start()
+    try:
+        restarted.create_cache(CACHE)
+
+        def after_restart() -> bool:  # publish until the listener has resubscribed
+            asyncio.run(publish_all(port, 10, 10, rate=400))
+            return count_where(db, "arrival = 'reset'") == 10
+
+        assert wait_for(after_restart, 60, 1.0), "no reset recorded on the new pages"
+        pages = "SELECT count(DISTINCT sequence_page) FROM events WHERE topic = 't-0'"
+        assert count_rows(db, pages) == 2
+        assert count_where(db, "source = 'subscription' AND epoch IS NULL") == 0
+    finally:
+        restarted.stop()
+
+
+@pytest.mark.timeout(180)
+def test_topics_past_the_subscription_limit_are_refused_clearly_and_the_rest_flow(
+    db: Settings,
+    listen_env: dict[str, str],
+    tmp_path: Path,
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    with EmulatorServer(port=0, admin_port=None, idle_reset_s=0, max_subscriptions=6) as limited:
+        limited.create_cache(CACHE)
+        env = listen_env | {"MOMENTO_LOCAL": limited.address}
+        worker_factory("listen-limit", env=env)
+        listener = ListenerProcess("limited", env, tmp_path / "limited.log")
+        try:
+            refused = "subscription refused"
+            assert wait_for(lambda: refused in listener.log.read_text(), 30)
+            line = next(x for x in listener.log.read_text().splitlines() if refused in x)
+            assert "subscription limit is reached" in line
+            assert "Traceback" not in listener.log.read_text()
+            time.sleep(3)  # let the accepted streams settle
+            sent = asyncio.run(publish_all(limited.port, 100, 10, rate=400))
+            assert sum(sent.values()) == 100
+
+            def six_topics_flow() -> bool:
+                stored = stored_by_topic(db)
+                return len([t for t, (rows, _) in stored.items() if rows == sent[t]]) >= 6
+
+            assert wait_for(six_topics_flow, 30, 0.5), stored_by_topic(db)
+            assert listener.process.poll() is None
+        finally:
+            listener.stop()
+
+
+@pytest.mark.timeout(180)
+def test_webhooks_and_a_subscription_on_the_same_topics_store_each_message_once(
+    db: Settings,
+    emulator: EmulatorServer,
+    listen_env: dict[str, str],
+    listeners: Callable[[str], ListenerProcess],
+    worker_factory: Callable[..., WorkerProcess],
+    receiver_factory: Callable[..., Any],
+) -> None:
+    from tests.conftest import TEST_SECRET
+
+    receiver = receiver_factory()
+    for i in range(10):
+        url = f"{receiver.url}/webhooks/momento"
+        emulator.register_webhook(CACHE, f"t-{i}", url, secret=TEST_SECRET)
+    emulator.set_faults(CACHE, "t-*", drop=0.1)
+    worker_factory("both-paths", env=listen_env)
+    listeners("both")
+    assert wait_for(lambda: len(held_by(db)) == 10, 30)
+    time.sleep(2)  # subscriptions open
+    sent = asyncio.run(publish_all(emulator.port, 1_000, 10, rate=200))
+
+    def stored_once() -> bool:
+        return {t: rows for t, (rows, _) in stored_by_topic_any(db).items()} == sent
+
+    assert wait_for(stored_once, 60, 0.5), stored_by_topic_any(db)
+    time.sleep(2)  # nothing more arrives
+    stored = stored_by_topic_any(db)
+    assert {t: rows for t, (rows, _) in stored.items()} == sent
+    assert {t: distinct for t, (_, distinct) in stored.items()} == sent
+    assert count_where(db, "source = 'webhook'") > 0, "no webhook stored: the test proves nothing"
+    assert count_where(db, "source = 'subscription'") > 0
+    dropped = sum(emulator.webhook_stats(CACHE, f"t-{i}").dropped for i in range(10))
+    assert dropped > 0
+    assert count_rows(db, "SELECT count(*) FROM lost_ranges") == 0
+
+
+def stored_by_topic_any(settings: Settings) -> dict[str, tuple[int, int]]:
+    """(rows, distinct numbers) per topic, from any door."""
+    from sqlalchemy import text
+
+    from pipeline.db import get_engine
+
+    query = text(
+        "SELECT topic, count(*), count(DISTINCT topic_sequence_number) FROM events GROUP BY topic"
+    )
+    with get_engine(settings).connect() as conn:
+        return {row[0]: (int(row[1]), int(row[2])) for row in conn.execute(query)}

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import click
 from sqlalchemy import text
 
-from pipeline.cli.stack import Stack, prepare_routes
+from pipeline.cli.stack import Stack, prepare_routes, start_listener
 from pipeline.db import get_engine
 from pipeline.outbound import momento_client
 from pipeline.outbound.subscriptions import Message, ResilientSubscription
@@ -108,6 +108,7 @@ def _percentile(values: list[float], q: float) -> float:
 def run_demo(stack: Stack, count: int, rate_per_s: float, timeout_s: float) -> bool:
     """Drive the traffic and print the summary; True if every event was stored and relayed."""
     prepare_routes(stack, extra_topics=[("chat", "room-1")])
+    start_listener(stack)
     settings = stack.settings
     publisher = momento_client.topic_client(settings, timeout=momento_client.PUBLISH_TIMEOUT)
     reader = momento_client.topic_client(settings, max_subscriptions=len(OUTBOUND) + 1)
@@ -207,6 +208,12 @@ def _print_summary(
     click.echo("demo summary")
     click.echo(f"  events published        {len(messages)}")
     click.echo(f"  events stored           {_count(stack, 'SELECT count(*) FROM events')}")
+    by_door = "SELECT count(*) FROM events WHERE source = '{}'"
+    click.echo(
+        f"    by webhook            {_count(stack, by_door.format('webhook'))}\n"
+        f"    by subscription       {_count(stack, by_door.format('subscription'))}"
+        "   (pipeline listen: weather/observations)"
+    )
     click.echo(f"  lost (per sequencer)    {sum(r.lost for r in rows)}")
     click.echo(f"  duplicates              {sum(r.duplicates for r in rows)}")
     click.echo(f"  out of order            {sum(r.out_of_order for r in rows)}")

@@ -199,12 +199,14 @@ def _options(quiet: bool = False, **kwargs: Any) -> StackOptions:
 @stack_options
 def up(**kwargs: Any) -> None:
     """Run the whole pipeline until Ctrl-C: stores, migrations, local Momento, receiver,
-    workers, beat and Flower (embedded defaults when no URLs are configured)."""
-    from pipeline.cli.stack import describe, prepare_routes, running_stack
+    workers, beat, Flower, and a listener when the routes file has [[subscriptions]] (embedded
+    defaults when no URLs are configured)."""
+    from pipeline.cli.stack import describe, prepare_routes, running_stack, start_listener
 
     settings_or_exit()
     with running_stack(_options(**kwargs)) as stack:
         prepare_routes(stack)
+        start_listener(stack)
         for line in describe(stack):
             click.echo(line)
         click.echo("Ctrl-C stops everything.")

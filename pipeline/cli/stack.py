@@ -284,8 +284,10 @@ def prepare_routes(stack: Stack, extra_topics: Iterable[tuple[str, str]] = ()) -
     if stack.momento_admin_url is None:
         return
     path = stack.settings.pipeline_routes
-    routes = list(load_routes(path)) if path.exists() else []
-    caches = {cache for cache, _ in extra_topics}
+    table = load_routes(path, required=False)
+    routes = list(table)
+    subscribed = set(table.subscriptions)
+    caches = {cache for cache, _ in extra_topics} | {cache for cache, _ in subscribed}
     for route in routes:
         caches |= {t.cache for t in route.targets() if _exact(t.cache)}
         if _exact(route.cache):
@@ -293,7 +295,7 @@ def prepare_routes(stack: Stack, extra_topics: Iterable[tuple[str, str]] = ()) -
     for cache in sorted(caches):
         httpx.post(f"{stack.momento_admin_url}/caches/{cache}", timeout=5.0).raise_for_status()
     topics = {(r.cache, r.topic) for r in routes if _exact(r.cache) and _exact(r.topic)}
-    for cache, topic in sorted(topics | set(extra_topics)):
+    for cache, topic in sorted((topics | set(extra_topics)) - subscribed):  # those: listener
         register_webhook(stack, cache, topic)
     for route in routes:
         if not (_exact(route.cache) and _exact(route.topic)):
@@ -301,3 +303,36 @@ def prepare_routes(stack: Stack, extra_topics: Iterable[tuple[str, str]] = ()) -
                 f"route {route.name}: {route.cache}/{route.topic} is a glob; register a webhook "
                 "per concrete topic (admin API PUT /webhooks/CACHE/TOPIC)"
             )
+
+
+def start_listener(stack: Stack, timeout_s: float = 30.0) -> None:
+    """Start ``pipeline listen`` if the routes file names [[subscriptions]], and return once
+    every subscribed topic is leased (and, on the local server, its stream is open)."""
+    from sqlalchemy import text
+
+    from pipeline.db import get_engine
+    from pipeline.workflows.routes import load_routes
+
+    topics = load_routes(stack.settings.pipeline_routes, required=False).subscriptions
+    if not topics:
+        return
+    stack.supervisor.python("listener", "listen")
+    engine = get_engine(stack.settings)
+    leased = text("SELECT count(*) FROM subscription_leases WHERE expires_at > now()")
+
+    def listening() -> bool:
+        with engine.connect() as conn:
+            if int(conn.execute(leased).scalar_one()) < len(topics):
+                return False
+        if stack.momento_admin_url is None:
+            return True
+        stats = httpx.get(f"{stack.momento_admin_url}/stats", timeout=5.0).json()
+        return int(stats.get("subscriptions", 0)) >= len(topics)
+
+    deadline = time.monotonic() + timeout_s
+    while not listening():
+        _check_alive(stack.supervisor)
+        if time.monotonic() > deadline:
+            raise ServiceError(f"the listener did not open its {len(topics)} subscriptions")
+        time.sleep(0.2)
+    stack.notes.append(f"listener   {len(topics)} subscribed topic(s) (pipeline listen)")

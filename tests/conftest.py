@@ -326,3 +326,50 @@ def queued_messages(settings: Settings, queue: str = "ingest") -> int:
         return int(client.llen(queue))
     finally:
         client.close()
+
+
+# --- an idle subscription, left alone while the suite runs ---------------------------------------
+
+IDLE_SUBSCRIPTION_S = 300.0
+IDLE_CHECK = "test_an_idle_subscription_survives_five_minutes"
+
+
+class IdleSubscription:
+    """A local server and a subscriber process (``tests.e2e.idle_subscriber``) on one topic."""
+
+    cache, topic = "idle", "quiet"
+
+    def __init__(self) -> None:
+        from pipeline.emulator import EmulatorServer
+
+        self.server = EmulatorServer(port=0, admin_port=None, idle_reset_s=0).start()
+        self.server.create_cache(self.cache)
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.e2e.idle_subscriber", self.server.address,
+             self.cache, self.topic],
+            stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        assert wait_for(lambda: "ready" in self.lines, 30), "idle subscriber did not start"
+        self.started = time.monotonic()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.strip())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, 9)
+            self.process.wait()
+        self.reader.join(5)  # it reads to the end of the pipe, then the pipe can close
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        self.server.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The idle subscription's check runs last, when the rest of the suite has filled its wait."""
+    items.sort(key=lambda item: item.name == IDLE_CHECK)

@@ -23,7 +23,13 @@ from momento import TopicClientAsync
 from pipeline.config import Settings
 from pipeline.emulator import EmulatorServer
 from pipeline.outbound.momento_client import publish_async
-from tests.conftest import WorkerProcess, count_rows, wait_for
+from tests.conftest import (
+    IDLE_SUBSCRIPTION_S,
+    IdleSubscription,
+    WorkerProcess,
+    count_rows,
+    wait_for,
+)
 from tests.integration.emulator_support import topic_client_async
 
 CACHE = "sub"
@@ -319,3 +325,23 @@ def stored_by_topic_any(settings: Settings) -> dict[str, tuple[int, int]]:
     )
     with get_engine(settings).connect() as conn:
         return {row[0]: (int(row[1]), int(row[2])) for row in conn.execute(query)}
+
+
+@pytest.mark.timeout(420)
+def test_an_idle_subscription_survives_five_minutes(idle_subscription: IdleSubscription) -> None:
+    remaining_s = idle_subscription.started + IDLE_SUBSCRIPTION_S - time.monotonic()
+    time.sleep(max(0.0, remaining_s))  # the rest of the suite usually took longer
+    assert idle_subscription.process.poll() is None, "the subscriber died while idle"
+    asyncio.run(publish_once(idle_subscription.server.port))
+    assert wait_for(lambda: any(x.startswith("message ") for x in idle_subscription.lines), 10)
+    # The same stream, never reopened: heartbeats kept it alive (no GOAWAY, no stall).
+    assert "message after the quiet reconnects=0" in idle_subscription.lines
+
+
+async def publish_once(port: int) -> None:
+    client = topic_client_async(port)
+    try:
+        await publish_async(client, IdleSubscription.cache, IdleSubscription.topic,
+                            "after the quiet")  # fmt: skip
+    finally:
+        await client.close()

@@ -15,7 +15,7 @@ from pipeline.config import Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
-APP_SERVICES = ["migrate", "receiver", "worker", "beat", "flower", "momento-local"]
+APP_SERVICES = ["migrate", "receiver", "worker", "listener", "beat", "flower", "momento-local"]
 IMAGE_ENV = {"POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD"}
 
 
@@ -53,7 +53,7 @@ def test_secrets_come_from_the_environment_not_the_file() -> None:
 
 
 def test_app_services_wait_for_healthy_stores_and_migrations() -> None:
-    for name in ("receiver", "worker", "beat", "flower"):
+    for name in ("receiver", "worker", "listener", "beat", "flower"):
         deps = SERVICES[name]["depends_on"]
         assert deps["postgres"]["condition"] == "service_healthy"
         assert deps["redis"]["condition"] == "service_healthy"

@@ -345,3 +345,37 @@ async def publish_once(port: int) -> None:
                             "after the quiet")  # fmt: skip
     finally:
         await client.close()
+
+
+@pytest.mark.timeout(180)
+def test_numbers_the_server_no_longer_held_are_recorded_lost_exactly(
+    db: Settings,
+    listen_env: dict[str, str],
+    tmp_path: Path,
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    with EmulatorServer(port=0, admin_port=None, idle_reset_s=0, retain=50) as small:
+        small.create_cache(CACHE)
+        env = listen_env | {"MOMENTO_LOCAL": small.address}
+        worker_factory("listen-window", env=env)
+        first = ListenerProcess("window-1", env, tmp_path / "window-1.log")
+        try:
+            assert wait_for(lambda: len(held_by(db)) == 10, 30)
+            time.sleep(2)  # streams open
+            asyncio.run(publish_all(small.port, 200, 10, rate=400))  # numbers 1..20 per topic
+            assert wait_for(lambda: count_where(db, "source = 'subscription'") == 200, 30)
+            first.kill()
+            asyncio.run(publish_all(small.port, 2_000, 10, rate=1_000))  # 21..220; 171.. kept
+        finally:
+            first.stop()
+        second = ListenerProcess("window-2", env, tmp_path / "window-2.log")
+        try:
+            assert wait_for(lambda: count_where(db, "source = 'subscription'") == 700, 60)
+            time.sleep(2.5)  # past the reorder window: the next arrivals declare the hole lost
+            asyncio.run(publish_all(small.port, 10, 10, rate=400))
+            query = "SELECT count(*) FROM lost_ranges WHERE first_seq = 21 AND last_seq = 170"
+            assert wait_for(lambda: count_rows(db, query) == 10, 30)
+            assert count_rows(db, "SELECT count(*) FROM lost_ranges") == 10
+            assert count_where(db, "source = 'subscription'") == 710
+        finally:
+            second.stop()

@@ -1,4 +1,4 @@
-"""The emulator's admin HTTP API (JSON): webhooks, faults, caches, forced resets, stats.
+"""The emulator's admin HTTP API (JSON): webhooks, faults, caches, resets, generated traffic.
 
 Momento managed webhooks through its control plane; no Python SDK can call that, so the emulator
 offers this small API instead. It binds the emulator's host (127.0.0.1 by default) and returns
@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline.emulator.faults import FaultRegistry, FaultSpec
+from pipeline.emulator.generator import Generated, GenerateSpec
 from pipeline.emulator.webhooks import Webhook, WebhookRegistry
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ class Emulator(Protocol):
     def clear_faults(self) -> None: ...
     def create_cache(self, name: str) -> bool: ...
     def reset_topic(self, cache: str, topic: str) -> int: ...
+    @property
+    def max_publish_bytes(self) -> int: ...
+    def generate(self, cache: str, spec: GenerateSpec) -> Generated: ...
 
 
 def create_admin_app(emulator: Emulator) -> Starlette:
@@ -147,6 +151,25 @@ def create_admin_app(emulator: Emulator) -> Starlette:
             return _error(404, "cache_not_found", f"no cache {cache}")
         return JSONResponse({"cache": cache, "topic": topic, "sequence_page": page})
 
+    async def generate(request: Request) -> Response:
+        cache = request.path_params["cache"]
+        try:
+            data = await _json_object(request)
+            topic = request.path_params.get("topic")
+            topics = [topic] if topic is not None else data.get("topics")
+            if topic is not None and "topics" in data:
+                raise ValueError("topics goes in the body of POST /topics/{cache}/generate only")
+            if not isinstance(topics, list):
+                raise ValueError(f"topics must be a list of names, got {topics!r}")
+            spec = GenerateSpec.from_mapping(data, topics, emulator.max_publish_bytes)
+        except ValueError as exc:
+            return _error(400, "invalid_generate", str(exc))
+        try:  # in a thread: the loop keeps serving webhooks and other admin calls meanwhile
+            result = await asyncio.to_thread(emulator.generate, cache, spec)
+        except LookupError:
+            return _error(404, "cache_not_found", f"no cache {cache}")
+        return JSONResponse({"cache": cache, "topics": len(spec.topics), **result.to_dict()})
+
     hook = "/webhooks/{cache}/{topic}"
     return Starlette(
         routes=[
@@ -163,6 +186,8 @@ def create_admin_app(emulator: Emulator) -> Starlette:
             Route("/faults/{cache}/{topic}", delete_faults, methods=["DELETE"]),
             Route("/caches/{cache}", create_cache, methods=["POST"]),
             Route("/topics/{cache}/{topic}/reset", reset_topic, methods=["POST"]),
+            Route("/topics/{cache}/generate", generate, methods=["POST"]),
+            Route("/topics/{cache}/{topic}/generate", generate, methods=["POST"]),
         ]
     )
 

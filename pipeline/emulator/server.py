@@ -24,9 +24,10 @@ from momento_wire_types import controlclient_pb2_grpc as control_grpc
 from pipeline.emulator.admin import AdminServer
 from pipeline.emulator.delivery import Delivery, DeliveryStats, Dispatcher
 from pipeline.emulator.faults import FaultRegistry, FaultSpec
+from pipeline.emulator.generator import Generated, GenerateSpec, generate
 from pipeline.emulator.loop import BackgroundLoop
 from pipeline.emulator.servicers import CacheServicer, ControlServicer, Limits, PubsubServicer
-from pipeline.emulator.state import Store, TopicSettings
+from pipeline.emulator.state import CacheNotFound, Store, TopicSettings
 from pipeline.emulator.topics import Published, Topic
 from pipeline.emulator.webhooks import Webhook, WebhookRegistry
 
@@ -213,6 +214,40 @@ class EmulatorServer:
     def reset_topic(self, cache: str, topic: str) -> int:
         """Force a sequence reset now (new page, numbering from 1); returns the new page."""
         return self.store.topic(cache, topic).reset("forced")
+
+    def publish_text(self, cache: str, topic: str, text: str) -> bool:
+        """Publish as a gRPC ``Publish`` does (numbering, fan-out, webhook); False if the topic
+        took nothing (its cache was deleted meanwhile). Raises CacheNotFound."""
+        value = pubsub_pb._TopicValue(text=text)
+        found, published = self.store.publish(cache, topic, value)
+        if published is None:
+            return False
+        self._on_publish(found, value, published)
+        return True
+
+    def generate(self, cache: str, spec: GenerateSpec) -> Generated:
+        """Publish ``spec``'s paced messages into topics of ``cache`` (blocks until done or
+        ``stop``). Raises CacheNotFound."""
+        if self.store.find_cache(cache) is None:
+            raise CacheNotFound(cache)
+
+        def publish(topic: str, text: str) -> bool:
+            return self.publish_text(cache, topic, text)
+
+        result = generate(publish, spec, self._stopping)
+        logger.info(
+            "generated cache=%s topics=%d published=%d seconds=%.1f",
+            cache,
+            len(spec.topics),
+            result.published,
+            result.seconds,
+        )
+        return result
+
+    @property
+    def max_publish_bytes(self) -> int:
+        """The largest topic message this server accepts."""
+        return self._limits.max_publish_bytes
 
     def webhook_stats(self, cache: str, topic: str) -> DeliveryStats:
         """Delivery counters of the webhook of (cache, topic)."""

@@ -10,7 +10,6 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_init
 from celery.utils.log import get_task_logger
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from pipeline.celery_app import app
 from pipeline.config import Settings, get_settings
@@ -20,6 +19,7 @@ from pipeline.ingest.store import StoreResult, dead_letter, store_batch
 from pipeline.sequencing.store import policy_from
 from pipeline.stores import broker_url
 from pipeline.workflows.dispatch import hand_over
+from tasks.retry import DB_ERRORS
 from tasks.workflows import drive_here, run_here, serves_workflows
 
 logger = get_task_logger(__name__)
@@ -37,7 +37,6 @@ def _ingest_events(**_: Any) -> None:
     store_webhooks.send_events = get_settings().pipeline_ingest_task_events
 
 
-DB_ERRORS = (OperationalError, InterfaceError)
 BACKOFF_MAX_S = 30.0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from celery import Task
 from celery.utils.log import get_task_logger
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from pipeline.aggregation import rollups as aggregation
 from pipeline.aggregation import summaries
@@ -19,6 +18,7 @@ from pipeline.config import Settings, get_settings
 from pipeline.db import get_engine
 from pipeline.errors import MomentoError
 from pipeline.workflows.routes import routes_for
+from tasks.retry import PERIODIC
 
 logger = get_task_logger(__name__)
 
@@ -29,11 +29,7 @@ MAX_IDS_PER_RUN = 2_000_000
 @app.task(
     bind=True,
     name="tasks.aggregate.rollup",
-    acks_late=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=1,
-    retry_backoff_max=30,
-    max_retries=5,
+    **PERIODIC,
 )
 def rollup(self: Task) -> dict[str, int]:
     """Roll up new rows into windows of PIPELINE_ROLLUP_WINDOW_S, then publish finished ones."""
@@ -82,11 +78,7 @@ def publish_summaries(settings: Settings) -> int:
 
 @app.task(
     name="tasks.aggregate.retention",
-    acks_late=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=1,
-    retry_backoff_max=30,
-    max_retries=5,
+    **PERIODIC,
 )
 def retention() -> dict[str, int]:
     """Delete raw rows older than PIPELINE_RETENTION_DAYS that are already rolled up."""

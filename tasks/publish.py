@@ -5,12 +5,12 @@ from __future__ import annotations
 from functools import cache
 
 from celery.utils.log import get_task_logger
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from pipeline.celery_app import app
 from pipeline.config import get_settings
 from pipeline.db import get_engine
 from pipeline.outbound.publisher import Publisher, SendReport
+from tasks.retry import UNTIL_DONE
 
 logger = get_task_logger(__name__)
 
@@ -32,12 +32,7 @@ def _follow_up(report: SendReport) -> dict[str, int]:
 
 @app.task(
     name="tasks.publish.send",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=1,
-    retry_backoff_max=30,
-    max_retries=None,
+    **UNTIL_DONE,
 )
 def send(ids: list[int]) -> dict[str, int]:
     """Send these outbox rows (if still pending and due); ordered keys are drained in order."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from celery.utils.log import get_task_logger
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from pipeline.celery_app import app
 from pipeline.config import get_settings
@@ -11,18 +10,15 @@ from pipeline.db import session_scope
 from pipeline.ingest.ledger import sequencing_horizon
 from pipeline.sequencing.store import policy_from, tick
 from pipeline.stores import broker_url
+from tasks.retry import PERIODIC
 
 logger = get_task_logger(__name__)
 
 
 @app.task(
     name="tasks.sequence.tick",
-    acks_late=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=1,
-    retry_backoff_max=30,
-    max_retries=5,
     expires=30,
+    **PERIODIC,
 )
 def sequence_tick() -> dict[str, int]:
     """Advance every idle topic's cursor to now; return how many numbers were declared lost."""

@@ -9,7 +9,6 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_init
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from pipeline.celery_app import app
 from pipeline.config import get_settings
@@ -23,17 +22,7 @@ from pipeline.workflows.route_cursors import Places
 from pipeline.workflows.routes import Route, routes_for
 from pipeline.workflows.runner import INLINE_BUDGET_S, Mode, WorkflowRunner
 from pipeline.workflows.runs import backoff_s
-
-DB_ERRORS = (OperationalError, InterfaceError)
-RETRY = {
-    "acks_late": True,
-    "reject_on_worker_lost": True,
-    "autoretry_for": DB_ERRORS,
-    "retry_backoff": 1,
-    "retry_backoff_max": 30,
-    "retry_jitter": True,
-    "max_retries": None,
-}
+from tasks.retry import UNTIL_DONE
 
 
 @worker_init.connect
@@ -56,7 +45,7 @@ def runner() -> WorkflowRunner:
     return WorkflowRunner(settings, engine, routes_for(settings), app, publisher, lag)
 
 
-@app.task(bind=True, name="tasks.workflows.run", **RETRY)
+@app.task(bind=True, name="tasks.workflows.run", **UNTIL_DONE)
 def run(self: Task, route: str, event_id: int, mode: Mode = "single") -> str:
     """Run one event's workflow on its own: unordered routes, late events, replays."""
     outcome = runner().run_event(route, event_id, mode=mode, attempt=self.request.retries)
@@ -66,7 +55,7 @@ def run(self: Task, route: str, event_id: int, mode: Mode = "single") -> str:
     return outcome
 
 
-@app.task(name="tasks.workflows.advance", **RETRY)
+@app.task(name="tasks.workflows.advance", **UNTIL_DONE)
 def advance(route: str, cache: str, topic: str, new_ids: list[int] | None = None) -> int:
     """Run an ordered route's released events of one topic, in order; returns how many ran."""
     stage = runner()
@@ -92,13 +81,13 @@ def run_here(route: str, event_id: int) -> None:
         )
 
 
-@app.task(name="tasks.workflows.complete", **RETRY)
+@app.task(name="tasks.workflows.complete", **UNTIL_DONE)
 def complete(result: Any, route: str, event_id: int, mode: Mode) -> None:
     """Last step of every canvas workflow: commit its result with the outbox rows."""
     runner().complete(result, route, event_id, mode=mode)
 
 
-@app.task(name="tasks.workflows.failed", **RETRY)
+@app.task(name="tasks.workflows.failed", **UNTIL_DONE)
 def failed(
     request: Any, exc: BaseException, traceback: Any, route: str, event_id: int, mode: Mode
 ) -> None:

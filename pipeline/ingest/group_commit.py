@@ -5,19 +5,7 @@ holding its event; a request answered 2xx is therefore durable. Sending one brok
 request costs ~1 ms of CPU each and caps a receiver at a few hundred requests/s; one message per
 batch makes that cost per batch instead.
 
-The wait adapts to the workers: a Redis ``LPUSH`` answers with the queue's length, and while
-batches are waiting there (the workers are behind), a new batch would wait anyway, so it
-collects for longer (``wait_s`` times the waiting batches, at most ``max_wait_s``). Bigger
-batches cost the workers less per event, so they catch up instead of falling further behind;
-with an empty queue a batch goes at once. While the workers are behind (a send found batches
-waiting, within the last ``BEHIND_HOLD_S``; always, for a sender that cannot tell) and requests
-arrive faster than one per ``interval_s`` (a moving average of the gaps between them), a batch
-also waits until ``interval_s`` after the previous one was sent, so requests share batches
-instead of each paying a worker's per-batch cost. While the workflow stage reports running late
-(``workflows.backpressure``: a backlog behind an ordered topic's driver, which the queue does not
-show), batches are spaced ``max_wait_s`` apart instead, and so they always are for a sender that
-cannot tell either backlog. Workers that keep up, and traffic too slow to group, are not held
-back.
+How long a batch collects first is ``spacing``'s pure policy: it adapts to the workers.
 
 Memory is bounded: at most ``max_pending`` events wait at once; past that a request is refused
 (503) at once rather than queued behind a broker that is not keeping up.
@@ -35,26 +23,16 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from pipeline import metrics
+from pipeline.ingest.spacing import Backlog, Spacing
 
 logger = logging.getLogger(__name__)
 
 Item = Any
 SendBatch = Callable[[Sequence[Item]], None]
 """A blocking send, run on a worker thread (Celery's producer)."""
-
-
-@dataclass(frozen=True)
-class Backlog:
-    """What a send learned of the workers: how many batches now wait in the broker's queue (its
-    own included), and whether the workflow stage reports running late
-    (``pipeline.workflows.backpressure``)."""
-
-    queued: int
-    lagging: bool = False
 
 
 class AsyncSender(Protocol):
@@ -65,14 +43,6 @@ class AsyncSender(Protocol):
 
     async def aclose(self) -> None:
         """Release connections (called once the batcher has stopped)."""
-
-
-GAP_WEIGHT = 0.3
-"""Weight of the newest gap between requests in their moving average."""
-BEHIND_HOLD_S = 1.0
-"""Spacing stays on this long after a send last found batches waiting in the broker's queue."""
-GAP_CAP_S = 0.1
-"""Longer gaps count as this long: a burst after a quiet spell is spaced from its ~4th request."""
 
 
 class Overloaded(Exception):
@@ -105,16 +75,7 @@ class GroupCommitter:
         self._send_async = cast(AsyncSender, send) if on_loop else None
         self._send_blocking = None if on_loop else cast(SendBatch, send)
         self.max_batch = max_batch
-        self.wait_s = wait_s
-        self.max_wait_s = max(wait_s, max_wait_s)
-        self.interval_s = interval_s
-        self._last_flush = -1e9  # perf_counter() of the last batch sent
-        self._last_arrival = -1e9  # perf_counter() of the last request
-        self._gap_s = 0.0  # moving average of the gaps between requests
-        self._behind_until = -1e9  # perf_counter() until which the workers count as behind
-        self._lagging = False  # whether the last send found the workflow stage running late
-        self._knows_backlog = False  # whether sends report the broker queue's length
-        self._waiting = 0  # batches in the broker's queue after the last send, besides that one
+        self.spacing = Spacing(wait_s, max_wait_s, interval_s)
         self.max_pending = max_pending
         self.timeout_s = timeout_s
         self._queue: list[tuple[Item, asyncio.Future[None], float]] = []
@@ -164,9 +125,7 @@ class GroupCommitter:
             raise Overloaded(f"{self._pending} events already waiting for the broker")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         now = time.perf_counter()
-        gap_s = min(GAP_CAP_S, now - self._last_arrival)
-        self._gap_s += GAP_WEIGHT * (gap_s - self._gap_s)
-        self._last_arrival = now
+        self.spacing.arrived(now)
         self._queue.append((item, future, now))
         self._deadlines.append((now + self.timeout_s, future))
         self._pending += 1
@@ -180,21 +139,8 @@ class GroupCommitter:
             metrics.IN_FLIGHT.dec()
 
     def current_wait_s(self) -> float:
-        """How long the next batch collects: longer while batches wait in the broker, and at
-        least until ``interval_s`` after the previous batch was sent while the workers are behind
-        and requests come faster than one per ``interval_s`` (``max_wait_s`` instead of
-        ``interval_s`` while the workflow stage runs late, or always for a sender that reports
-        no backlog; no spacing if ``interval_s`` is 0)."""
-        backlog_s = self.wait_s * self._waiting
-        spacing_s = 0.0
-        now = time.perf_counter()
-        # A sender that cannot tell (not Redis) may hide either backlog: space widely.
-        wide = self._lagging or not self._knows_backlog
-        behind = wide or now < self._behind_until
-        interval_s = self.max_wait_s if wide and self.interval_s else self.interval_s
-        if behind and self._gap_s < interval_s:
-            spacing_s = self._last_flush + interval_s - now
-        wait_s = min(self.max_wait_s, max(backlog_s, spacing_s))
+        """How long the next batch collects, from now (``Spacing.wait_s_at``)."""
+        wait_s = self.spacing.wait_s_at(time.perf_counter())
         metrics.BATCH_WAIT.set(wait_s)
         return wait_s
 
@@ -220,7 +166,7 @@ class GroupCommitter:
             wait_s = self.current_wait_s()
             if wait_s and len(self._queue) < self.max_batch and not self._closing:
                 await asyncio.sleep(wait_s)
-            self._last_flush = time.perf_counter()
+            self.spacing.flushed(time.perf_counter())
             while self._queue:
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
                 await self._slots.acquire()
@@ -236,16 +182,14 @@ class GroupCommitter:
                 pass
             elif self._send_async is not None:
                 backlog = await self._send_async(items)
-                if backlog is not None:
-                    self._waiting = max(0, backlog.queued - 1)
-                    self._knows_backlog = True
-                    if self._waiting:
-                        self._behind_until = time.perf_counter() + BEHIND_HOLD_S
-                    if backlog.lagging != self._lagging:  # the report itself lasts HOLD_MS
-                        self._lagging = backlog.lagging
-                        state = "runs late: spacing" if self._lagging else "caught up: back to"
-                        spacing_ms = (self.max_wait_s if self._lagging else self.interval_s) * 1000
-                        logger.info("workflow stage %s batches %.0f ms apart", state, spacing_ms)
+                # The lateness report itself lasts HOLD_MS: log only its changes.
+                if backlog is not None and self.spacing.learned(backlog, time.perf_counter()):
+                    spacing = self.spacing
+                    state = "runs late: spacing" if spacing.lagging else "caught up: back to"
+                    spacing_ms = (
+                        spacing.max_wait_s if spacing.lagging else spacing.interval_s
+                    ) * 1000
+                    logger.info("workflow stage %s batches %.0f ms apart", state, spacing_ms)
             elif self._send_blocking is not None:
                 await loop.run_in_executor(self._executor, self._send_blocking, items)
         except Exception as exc:

@@ -20,7 +20,8 @@ from kombu.utils.uuid import uuid
 from pipeline.celery_app import configure, create_app
 from pipeline.config import Settings
 from pipeline.ingest import ledger as ingest_ledger
-from pipeline.ingest.group_commit import AsyncSender, Backlog, Item, SendBatch
+from pipeline.ingest.group_commit import AsyncSender, Item, SendBatch
+from pipeline.ingest.spacing import Backlog
 from pipeline.stores import broker_url, is_redis, redis_url
 from pipeline.workflows import backpressure
 

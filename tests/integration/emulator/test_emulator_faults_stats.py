@@ -21,7 +21,7 @@ from pipeline.emulator import EmulatorServer
 from pipeline.sequencing.store import policy_from, tick
 from tests.conftest import TEST_SECRET, ReceiverServer, WorkerProcess, wait_for
 from tests.integration.emulator_support import topic_client
-from tests.integration.test_sequencing_db import REORDER_WINDOW_S, WORKER_ENV, received
+from tests.integration.sequencing.test_sequencing_db import REORDER_WINDOW_S, WORKER_ENV, received
 
 SEED = 424242
 TOPIC = "faulty"

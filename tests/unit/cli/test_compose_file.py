@@ -12,7 +12,7 @@ import yaml
 from pipeline.cli import cli
 from pipeline.config import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 APP_SERVICES = ["migrate", "receiver", "worker", "listener", "beat", "flower", "momento-local"]

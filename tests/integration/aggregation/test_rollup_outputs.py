@@ -25,8 +25,15 @@ from pipeline.emulator import EmulatorServer
 from pipeline.metrics import register_db_collector
 from tasks.aggregate import publish_summaries
 from tests.conftest import WorkerProcess, count_rows, wait_for
+from tests.integration.aggregation.test_aggregation import (
+    BASE_MS,
+    WINDOW_S,
+    item,
+    rollups,
+    store,
+    window,
+)
 from tests.integration.emulator_support import WebhookSink
-from tests.integration.test_aggregation import BASE_MS, WINDOW_S, item, rollups, store, window
 
 DAY_MS = 86_400_000
 

@@ -7,10 +7,12 @@ import random
 import time
 from typing import Any
 
+import kombu.exceptions
+import redis
 from celery import Task
 from celery.signals import worker_init
 from celery.utils.log import get_task_logger
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, PendingRollbackError
 
 from pipeline.celery_app import app, broker_url
 from pipeline.config import Settings, get_settings
@@ -37,7 +39,11 @@ def _ingest_events(**_: Any) -> None:
 
 
 DB_ERRORS = (OperationalError, InterfaceError)
+TRANSIENT = (*DB_ERRORS, PendingRollbackError, redis.RedisError, kombu.exceptions.OperationalError)
+"""Postgres or the broker is unreachable (or a connection it dropped is being rolled back)."""
 BACKOFF_MAX_S = 30.0
+POISON_AFTER = 3
+"""Other failures in a row after which a batch is dead-lettered: the same input fails again."""
 
 
 @app.task(
@@ -52,23 +58,29 @@ def store_webhooks(self: Task, items: list[list[Any]]) -> dict[str, int]:
     The task keeps its broker message while it waits instead of re-sending itself (Celery's
     retry would): the batch keeps its place in the queue's order, and stays held by this live
     worker (``pipeline.held_deliveries``), so nothing else runs it meanwhile. A batch that fails
-    for any other reason is dead-lettered whole, not retried: the same input would fail again.
+    ``POISON_AFTER`` times in a row for any other reason is dead-lettered whole: the same input
+    would fail again.
     """
     settings = get_settings()
     broker = broker_url(settings)
     batch_id = self.request.id
+    failures = 0
     for attempt in itertools.count():
         try:
             result = _store_and_hand_over(settings, broker, items, batch_id)
             break
-        except DB_ERRORS as exc:
+        except TRANSIENT as exc:  # a store is down: wait for it, however long
             delay_s = random.uniform(0.5, 1.0) * min(BACKOFF_MAX_S, 2.0**attempt)
-            logger.warning("batch waits for Postgres id=%s retry_in=%.1fs error=%s",
+            logger.warning("batch waits for its stores id=%s retry_in=%.1fs error=%s",
                            batch_id, delay_s, type(exc).__name__)  # fmt: skip
             time.sleep(delay_s)
         except Exception as exc:
-            _dead_letter_batch(settings, broker, items, batch_id, exc)
-            return {"new": 0, "duplicates": 0, "dead": len(items)}
+            failures += 1
+            if failures >= POISON_AFTER:
+                _dead_letter_batch(settings, broker, items, batch_id, exc)
+                return {"new": 0, "duplicates": 0, "dead": len(items)}
+            logger.warning("batch failed, trying again id=%s error=%r", batch_id, exc)
+            time.sleep(0.2 * failures)
     if result.replayed:
         logger.info("batch already stored id=%s", batch_id)
         return {"new": 0, "duplicates": 0, "dead": 0}

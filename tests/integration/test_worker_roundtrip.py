@@ -153,3 +153,28 @@ def lost_ranges(db: Settings) -> list[str]:
             text("SELECT first_seq || '-' || last_seq FROM lost_ranges WHERE topic = 'lost'")
         )
         return [str(r) for r in found.scalars()]
+
+
+def test_a_batch_that_keeps_failing_is_dead_lettered_once_and_leaves_the_ledger(
+    db: Settings, worker_factory: Callable[..., WorkerProcess]
+) -> None:
+    import redis
+
+    from pipeline import ingest_ledger
+
+    assert db.celery_broker_url is not None
+    client = redis.Redis.from_url(db.celery_broker_url)
+    worker_factory("poison-batch")
+    batch = [webhook_item(1), [webhook_item(2)[0], 10**18]]  # a receive time no datetime holds
+    task_id = "poison-batch-1"
+    pipe = client.pipeline()
+    ingest_ledger.record(pipe, task_id, b"{}", int(time.time() * 1000))
+    pipe.execute()
+    app.send_task("tasks.ingest.store_webhooks", args=[batch], task_id=task_id)
+    failed = "SELECT count(*) FROM dead_letters WHERE reason LIKE 'batch failed%'"
+    assert wait_for(lambda: count_rows(db, failed) == 1, 20)
+    assert wait_for(lambda: client.hget(ingest_ledger.MESSAGES, task_id) is None, 5)
+    time.sleep(3.0)  # neither run again nor pushed again from the ledger
+    assert count_rows(db, failed) == 1
+    assert count_rows(db, "SELECT count(*) FROM events") == 0
+    client.close()

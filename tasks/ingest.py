@@ -44,6 +44,8 @@ TRANSIENT = (*DB_ERRORS, PendingRollbackError, redis.RedisError, kombu.exception
 BACKOFF_MAX_S = 30.0
 POISON_AFTER = 3
 """Other failures in a row after which a batch is dead-lettered: the same input fails again."""
+WAITED_S = 1.0
+"""A batch received longer ago than this found a backlog: its workflows are not run inline."""
 
 
 @app.task(
@@ -105,7 +107,10 @@ def _store_and_hand_over(
     result = store_batch(settings, items, policy_from(settings), batch_id, horizon)
     # After the commit, events go to the workflow stage: a worker that also serves the workflows
     # queue runs them itself, saving a broker hop and a task; a dedicated one hands them over.
-    here = serves_workflows()
+    # So does a batch that waited (an ingest backlog, Postgres back after an outage): driving
+    # its topics here would hold every batch behind it, so storing catches up first (workers
+    # take the ingest queue before the workflows queue) and the topics are driven by tasks.
+    here = serves_workflows() and not waited(items)
     hand_over(settings, result, items, drive_here if here else None, run_here if here else None)
     # Stored: off the receiver's ledger. Done after the hand-over, as its fsynced Redis write
     # (~0.5 ms) would otherwise delay every event's workflow; meanwhile the batch only holds
@@ -113,6 +118,14 @@ def _store_and_hand_over(
     # that failed leaves the batch in the ledger: it is retried, stores nothing, hands over again.
     settle_stored(broker, batch_id)
     return result
+
+
+def waited(items: list[list[Any]], now_ms: float | None = None) -> bool:
+    """Whether the batch's oldest item was received more than ``WAITED_S`` ago (every door's
+    items end with their receive time in ms)."""
+    now_ms = time.time() * 1000 if now_ms is None else now_ms
+    oldest_ms = min((item[-1] for item in items if isinstance(item[-1], int)), default=now_ms)
+    return now_ms - oldest_ms > WAITED_S * 1000
 
 
 def _dead_letter_batch(

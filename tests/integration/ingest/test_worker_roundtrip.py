@@ -160,7 +160,7 @@ def test_a_batch_that_keeps_failing_is_dead_lettered_once_and_leaves_the_ledger(
 ) -> None:
     import redis
 
-    from pipeline import ingest_ledger
+    from pipeline.ingest import ledger as ingest_ledger
 
     assert db.celery_broker_url is not None
     client = redis.Redis.from_url(db.celery_broker_url)

@@ -183,6 +183,8 @@ class Phase:
     cpu_s: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
     top: str = ""
+    batches: int = 0
+    """Ingest tasks (group-commit batches) stored during the phase."""
 
     @property
     def lost(self) -> int:
@@ -239,6 +241,9 @@ class Database:
         phase.latencies_ms = [float(r.ms) for r in rows]
         phase.received_ms = [float(r.received) for r in rows]
         return max((float(r.stored_s) for r in rows), default=0.0)
+
+    def batches(self) -> int:
+        return int(self.scalar("SELECT count(*) FROM ingest_batches"))
 
     def leased(self) -> int:
         sql = "SELECT count(*) FROM subscription_leases WHERE expires_at > now()"
@@ -329,6 +334,7 @@ class Bench:
         count = int(rate * self.args.seconds)
         phase = Phase(name, publisher, cache, rate, count)
         after = self.db.max_id()
+        batches_before = self.db.batches()
         roles = self.children.pids() | store_pids(self.home, self.broker_url)
         roles["benchmark"] = [os.getpid()]
         cpu_before, wall_before = cpu_seconds(roles), time.monotonic()
@@ -353,6 +359,7 @@ class Bench:
         }
         phase.wall_s = time.monotonic() - wall_before
         last_s = self.db.outcome(phase, after)
+        phase.batches = self.db.batches() - batches_before
         phase.persisted_per_s = phase.stored / (last_s - started_s) if last_s > started_s else 0.0
         return phase
 
@@ -462,6 +469,11 @@ def report(args: argparse.Namespace, phases: list[Phase], load: tuple[float, flo
             print(
                 f"stages    {p.name}: publish → listener receive p50 {fmt(to_listener)} ms, "
                 f"p99 {fmt(to_listener_99)} ms (the rest is group commit, broker, worker, insert)"
+            )
+        if p.batches:
+            print(
+                f"batches   {p.name}: {p.batches:,} ingest tasks, "
+                f"{p.stored / p.batches:.1f} events each"
             )
     by_name = {p.name: p for p in phases}
     if "naive" in by_name and "throughput" in by_name:

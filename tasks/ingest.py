@@ -34,7 +34,9 @@ logger = get_task_logger(__name__)
 
 TRANSIENT = (*DB_ERRORS, PendingRollbackError, redis.RedisError, kombu.exceptions.OperationalError)
 """Postgres or the broker is unreachable (or a connection it dropped is being rolled back)."""
-BACKOFF_MAX_S = 30.0
+BACKOFF_MAX_S = 2.0
+"""Longest wait between tries while a store is down: a try costs one failed connection, and a
+short wait lets the backlog drain within seconds of the store's return."""
 POISON_AFTER = 3
 """Other failures in a row after which a batch is dead-lettered: the same input fails again."""
 WAITED_S = 1.0

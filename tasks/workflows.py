@@ -16,9 +16,10 @@ from pipeline.db import get_engine
 from pipeline.errors import RoutesError
 from pipeline.outbound.publisher import Publisher
 from pipeline.stores import broker_url
+from pipeline.workflows import advance_marks
 from pipeline.workflows.backpressure import LagReporter
 from pipeline.workflows.dispatch import sweep as sweep_stalled
-from pipeline.workflows.route_cursors import Places
+from pipeline.workflows.route_cursors import Places, topic_key
 from pipeline.workflows.routes import Route, routes_for
 from pipeline.workflows.runner import INLINE_BUDGET_S, Mode, WorkflowRunner
 from pipeline.workflows.runs import backoff_s
@@ -58,6 +59,8 @@ def run(self: Task, route: str, event_id: int, mode: Mode = "single") -> str:
 @app.task(name="tasks.workflows.advance", **UNTIL_DONE)
 def advance(route: str, cache: str, topic: str, new_ids: list[int] | None = None) -> int:
     """Run an ordered route's released events of one topic, in order; returns how many ran."""
+    # Cleared before the driver looks: events stored from now on get another advance.
+    advance_marks.clear(broker_url(get_settings()), topic_key(route, cache, topic))
     stage = runner()
     return stage.drive_topic(stage.routes.get(route), cache, topic, new_ids)
 

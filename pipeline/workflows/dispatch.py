@@ -24,10 +24,12 @@ from celery import Celery
 from prometheus_client import Counter
 from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, tuple_, update
 
-from pipeline.config import Settings
+from pipeline.config import Settings, get_settings
 from pipeline.db import get_engine
 from pipeline.models import Event, RouteCursor, TopicCursorRow, WorkflowRun
 from pipeline.outbound.outbox_sql import try_lock, unlock
+from pipeline.stores import broker_url
+from pipeline.workflows import advance_marks
 from pipeline.workflows.route_cursors import Places, late_events, topic_key
 from pipeline.workflows.routes import Route, RouteTable, routes_for
 from pipeline.workflows.runner import INLINE_BUDGET_S
@@ -158,13 +160,16 @@ def nudge(
 
     A driver that holds the topic's lock finds events committed before this check, either in
     its loop or in the look it takes after letting the lock go, so no task is needed; only the
-    events it already passed (late ones) are handed over here. Returns tasks sent.
+    events it already passed (late ones) are handed over here. The same holds while an advance
+    is already on its way (``advance_marks``). Returns tasks sent.
     """
     key = topic_key(route.name, cache, topic)
     if try_lock(conn, key):
         unlock(conn, key)
-        app.send_task("tasks.workflows.advance", args=(route.name, cache, topic, ids))
-        return 1
+        if advance_marks.mark(broker_url(get_settings()), key):
+            app.send_task("tasks.workflows.advance", args=(route.name, cache, topic, ids))
+            return 1
+        # An advance is on its way and will run what lies ahead; only late ones are left.
     return dispatch_late(app, conn, route.name, late_events(conn, route.name, cache, topic, ids))
 
 

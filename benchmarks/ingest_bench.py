@@ -226,6 +226,18 @@ def run_wrk(
     )
 
 
+async def read_response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 response (content-length framed, body discarded); its status code."""
+    status = int((await reader.readuntil(b"\r\n")).split(b" ", 2)[1])
+    length = 0
+    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
 async def keepalive_lane(
     port: int,
     todo: Iterator[tuple[int, bytes]],
@@ -242,13 +254,7 @@ async def keepalive_lane(
                 streams = await asyncio.open_connection("127.0.0.1", port)
             reader, writer = streams
             writer.write(request)
-            status = int((await reader.readuntil(b"\r\n")).split(b" ", 2)[1])
-            length = 0
-            while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
+            status = await read_response(reader)
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
             errors += 1
             streams = None
@@ -450,10 +456,11 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
 
 
 def start(name: str, argv: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
-    log = (logs / f"{name}.log").open("wb")
-    return subprocess.Popen(
-        argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    """Start ``argv`` in a session of its own, output to ``logs/<name>.log``."""
+    with (logs / f"{name}.log").open("wb") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def stop(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:

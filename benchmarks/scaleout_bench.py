@@ -83,18 +83,46 @@ class Result:
 # -- load ----------------------------------------------------------------------------------------
 
 
+def delivery_order(
+    topics: int, per_topic: int, dup: float, window: int, rng: random.Random
+) -> list[tuple[int, int]]:
+    """(topic index, sequence number) per delivery: interleaved over topics, ``dup`` of them
+    delivered twice, shuffled within consecutive groups of ``window`` deliveries."""
+    out: list[tuple[int, int]] = []
+    for seq in range(1, per_topic + 1):
+        for t in range(topics):
+            out.append((t, seq))
+            if rng.random() < dup:
+                out.append((t, seq))
+    for start in range(0, len(out), window):
+        chunk = out[start : start + window]
+        rng.shuffle(chunk)
+        out[start : start + window] = chunk
+    return out
+
+
+def webhook_request(body: bytes, secret: str) -> bytes:
+    """The whole HTTP/1.1 request of one webhook delivery, signed like Momento signs it."""
+    return (
+        f"POST {WEBHOOK_PATH} HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        f"content-type: application/json\r\nmomento-signature: {sign(body, secret)}\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
 def make_deliveries(
     topics: int, per_topic: int, dup: float, window: int, secret: str, rng: random.Random
 ) -> list[bytes]:
-    """Signed webhook requests, interleaved over topics, ``dup`` sent twice, shuffled in windows.
+    """Signed webhook requests in ``delivery_order``; a duplicate is the same bytes again.
 
     Sequence numbers run 1..per_topic per topic; event times grow with them (1 ms apart, ending
     now), so nothing looks like a sequence reset.
     """
     base = int(time.time() * 1000) - per_topic
-    originals = []
-    for seq in range(1, per_topic + 1):
-        for t in range(topics):
+    requests: dict[tuple[int, int], bytes] = {}
+    out = []
+    for t, seq in delivery_order(topics, per_topic, dup, window, rng):
+        if (t, seq) not in requests:
             body = json.dumps(
                 {
                     "cache": CACHE,
@@ -107,24 +135,8 @@ def make_deliveries(
                 },
                 separators=(",", ":"),
             ).encode()
-            sig = sign(body, secret)
-            originals.append(
-                (
-                    f"POST {WEBHOOK_PATH} HTTP/1.1\r\nhost: 127.0.0.1\r\n"
-                    f"content-type: application/json\r\nmomento-signature: {sig}\r\n"
-                    f"content-length: {len(body)}\r\n\r\n"
-                ).encode()
-                + body
-            )
-    out: list[bytes] = []
-    for request in originals:
-        out.append(request)
-        if rng.random() < dup:
-            out.append(request)
-    for start in range(0, len(out), window):
-        chunk = out[start : start + window]
-        rng.shuffle(chunk)
-        out[start : start + window] = chunk
+            requests[(t, seq)] = webhook_request(body, secret)
+        out.append(requests[(t, seq)])
     return out
 
 

@@ -15,8 +15,8 @@ BATCH = 25  # subscriptions open at once
 
 def create_cache(momento_local: str, cache: str) -> None:
     """Create ``cache`` on the local Momento server (the route publishes into it)."""
-    from pipeline import momento_client as mc
     from pipeline.config import Settings
+    from pipeline.outbound import momento_client as mc
 
     client = mc.cache_client(Settings(momento_local=momento_local, momento_api_key=None))
     try:
@@ -30,8 +30,8 @@ def read_topics(
 ) -> tuple[dict[str, list[tuple[int, str]]], list[str]]:
     """Every message of each topic in ``expected`` (topic -> at least that many), as
     (source event id, text); and problems met (gaps in the server's log, time-outs)."""
-    from pipeline import momento_client as mc
     from pipeline.config import Settings
+    from pipeline.outbound import momento_client as mc
 
     settings = Settings(momento_local=momento_local, momento_api_key=None)
     log: dict[str, list[tuple[int, str]]] = {}
@@ -66,7 +66,7 @@ def _drain(
     problems: list[str],
 ) -> None:
     """Poll until every topic has its expected count and nothing came for 1 s, or the deadline."""
-    from pipeline import momento_client as mc
+    from pipeline.outbound import momento_client as mc
 
     quiet_since = time.monotonic()
     while time.monotonic() < deadline:

@@ -3,7 +3,7 @@
 Both come from the project's own dependency wheels, so nothing needs installing: PostgreSQL's
 ``initdb``/``pg_ctl``/``postgres`` from ``pgserver`` (driven directly here, on a TCP port, since
 pgserver's handle counting would fight a server that is crashed on purpose) and Valkey through
-``pipeline.services.EmbeddedBroker`` (the same ``appendonly yes`` / ``appendfsync always``
+``pipeline.stores.EmbeddedBroker`` (the same ``appendonly yes`` / ``appendfsync always``
 configuration `pipeline up` uses: an acknowledged batch must survive ``kill -9``).
 
 Each server keeps its data directory and its port across a crash, on a loopback port below the
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from pipeline.services import EmbeddedBroker
+from pipeline.stores import EmbeddedBroker
 
 HOST = "127.0.0.1"
 PG_SYSTEM_USER = "pgserver"  # pgserver's own choice: postgres refuses to run as root

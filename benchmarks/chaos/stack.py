@@ -100,7 +100,7 @@ class Stack:
         return [f"worker{i}" for i in range(self.options.workers)]
 
     def _start(self) -> None:
-        from pipeline import migrate
+        from pipeline.cli import migrate
         from pipeline.config import Settings
 
         self.postgres = Postgres(self.home / "postgres")

@@ -113,16 +113,18 @@ def sequencing_horizon(
 ) -> int | None:
     """How far gap declarations may go (``pipeline.sequencing.rules``'s ``horizon_ms``): when the
     oldest delivery of a batch received but not yet stored (but ``other_than``, the one being
-    stored) arrived; held back at most ``hold_s`` if that is > 0. None when nothing is pending,
-    the broker keeps no ledger, or it cannot be read (declarations then follow the clock alone).
+    stored) arrived; held back at most ``hold_s`` if that is > 0. None when nothing is pending or
+    the broker keeps no ledger (declarations then follow the clock alone). A ledger that cannot be
+    read (the broker is down) holds every declaration: the batches it would name are exactly what
+    an outage hides, and the next batch or tick asks again.
     """
     if not is_redis(broker):
         return None
     try:
         oldest = oldest_unstored_ms(client_for(broker), other_than)
     except redis.RedisError as exc:
-        logger.warning("ingest ledger not read error=%r", exc)
-        return None
+        logger.warning("ingest ledger not read, gaps wait error=%r", exc)
+        oldest = 0
     if oldest is None or hold_s <= 0:
         return oldest
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms

@@ -151,3 +151,10 @@ def test_the_horizon_is_the_oldest_pending_delivery_capped_only_if_asked(
         for task_id in ("older", "newer"):
             ingest_ledger.settle(client, task_id)
         client.close()
+
+
+def test_an_unreadable_ledger_holds_every_gap_declaration() -> None:
+    closed = "redis://127.0.0.1:1/0"  # nothing listens: as during a broker outage
+    assert ingest_ledger.sequencing_horizon(closed) == 0  # no clock reaches a window past 0
+    now_ms = int(time.time() * 1000)
+    assert ingest_ledger.sequencing_horizon(closed, 30.0, now_ms=now_ms) == now_ms - 30_000

@@ -32,6 +32,7 @@ def read_topics(
     (source event id, text); and problems met (gaps in the server's log, time-outs)."""
     from pipeline.config import Settings
     from pipeline.outbound import momento_client as mc
+    from pipeline.outbound.subscriptions import ResilientSubscription
 
     settings = Settings(momento_local=momento_local, momento_api_key=None)
     log: dict[str, list[tuple[int, str]]] = {}
@@ -45,7 +46,7 @@ def read_topics(
             subs = {}
             try:
                 for topic in batch:
-                    sub = mc.ResilientSubscription(client, cache, topic, resume_at=1, resume_page=0)
+                    sub = ResilientSubscription(client, cache, topic, resume_at=1, resume_page=0)
                     subs[topic] = sub.start()
                     log[topic] = []
                 _drain(subs, log, expected, deadline, problems)
@@ -66,7 +67,7 @@ def _drain(
     problems: list[str],
 ) -> None:
     """Poll until every topic has its expected count and nothing came for 1 s, or the deadline."""
-    from pipeline.outbound import momento_client as mc
+    from pipeline.outbound.subscriptions import Message
 
     quiet_since = time.monotonic()
     while time.monotonic() < deadline:
@@ -74,7 +75,7 @@ def _drain(
         for topic, sub in subs.items():
             while (event := sub.poll(0)) is not None:  # type: ignore[attr-defined]
                 got = True
-                if isinstance(event, mc.Message):
+                if isinstance(event, Message):
                     log[topic].append(parse_envelope(event.value))
                 else:
                     problems.append(f"{topic}: the server's log has a gap: {event}")

@@ -3,7 +3,8 @@
 Any number of ``pipeline listen`` processes, on any machines, share the subscribed topics. Each
 topic has one lease row; its holder renews it every round (``ROUND_S``) and it expires after
 ``LEASE_TTL_S`` without renewal, so when a listener dies another takes its topics within
-``LEASE_TTL_S + ROUND_S`` (under 10 s) and resumes from the position stored in the lease. Every
+``LEASE_TTL_S + ROUND_S`` (under 10 s) and resumes from the position stored in the lease (just
+past the newest stored item if its holder died before recording one). Every
 round each listener also counts the live listeners and keeps its fair share (``fair_share``):
 it takes free or expired leases while it holds fewer, and gives back its extra topics when a
 listener joined, so topics rebalance as listeners come and go. Leases change hands in single
@@ -83,6 +84,11 @@ _RELEASE = text(
     "WHERE cache = :cache AND topic = :topic AND holder = :me"
 )
 _GONE = text("DELETE FROM listeners WHERE holder = :me")
+_LAST_STORED = text(
+    "SELECT sequence_page, topic_sequence_number FROM events "
+    "WHERE cache = :cache AND topic = :topic AND source = 'subscription' "
+    "AND sequence_page IS NOT NULL ORDER BY id DESC LIMIT 1"
+)
 
 
 def _arrays(keys: Sequence[TopicKey]) -> dict[str, list[str]]:
@@ -135,9 +141,17 @@ def lease_round(
         ).all()
         for row in rows:
             key = (row.cache, row.topic)
-            result.held[key] = (int(row.resume_seq), int(row.resume_page))
+            position = (int(row.resume_seq), int(row.resume_page))
+            result.held[key] = position if position != (0, 0) else last_stored(conn, key)
             result.taken.append(key)
     return result
+
+
+def last_stored(conn: Connection, key: TopicKey) -> Position:
+    """Just past the topic's newest stored subscription item, or (0, 0) ("live") if none: where
+    a topic whose holder died before it ever recorded a position resumes."""
+    row = conn.execute(_LAST_STORED, {"cache": key[0], "topic": key[1]}).first()
+    return (int(row.topic_sequence_number) + 1, int(row.sequence_page)) if row else (0, 0)
 
 
 def release(conn: Connection, me: str, key: TopicKey, position: Position | None) -> None:

@@ -394,17 +394,21 @@ def worker_pings(broker_url: str, count: int) -> bool:
         app.close()
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def machine_notes(database_url: str, broker_url: str) -> list[str]:
     """CPU, memory and server versions, for the record."""
     import redis
     from sqlalchemy import create_engine, text
 
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     engine = create_engine(database_url)
     with engine.connect() as conn:

@@ -35,13 +35,11 @@ import resource
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +50,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.ingest_bench import cpu_model, free_port, wait_until  # noqa: E402
 from pipeline.emulator.generator import payload  # noqa: E402
 
 CACHE, NAIVE_CACHE = "bench", "naive"
@@ -64,22 +63,6 @@ DRAIN_S = 30.0
 def cap_memory() -> None:
     """preexec_fn of SDK subscribers: a spinning stream fails its process, not the machine."""
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP_BYTES, MEMORY_CAP_BYTES))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"{what} did not come up within {timeout_s:.0f} s")
 
 
 class Children:
@@ -427,12 +410,7 @@ class Bench:
 
 
 def machine() -> str:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{os.cpu_count()} x {cpu}, {mem_gib:.0f} GiB, Python {platform.python_version()}"
 

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.ingest_bench import (  # noqa: E402
     WEBHOOK_PATH,
+    cpu_model,
     free_port,
     keepalive_lane,
     sign,
@@ -330,12 +331,7 @@ def check_order(result: Result, received: dict[str, list[str]], per_topic: int) 
 
 
 def machine_notes() -> str:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
         f"{os.cpu_count()} cores ({cpu}), {platform.platform()}, python "

@@ -8,6 +8,7 @@ test process itself only publishes, so no SDK stream can spin in it (MOMENTO.md 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -210,6 +211,22 @@ def test_a_killed_listeners_topics_resume_on_the_other_within_ten_seconds(
     assert wait_for(all_stored, 30, 0.5), stored_by_topic(db)
 
 
+@contextlib.contextmanager
+def own_server(
+    listen_env: dict[str, str],
+    worker_factory: Callable[..., WorkerProcess],
+    worker: str,
+    **options: Any,
+) -> Iterator[tuple[EmulatorServer, dict[str, str]]]:
+    """A local server of the test's own (``options`` as EmulatorServer takes them) with the
+    cache, and a worker; yields it with the environment that points listeners at it."""
+    with EmulatorServer(port=0, admin_port=None, idle_reset_s=0, **options) as server:
+        server.create_cache(CACHE)
+        env = listen_env | {"MOMENTO_LOCAL": server.address}
+        worker_factory(worker, env=env)
+        yield server, env
+
+
 def count_where(settings: Settings, where: str) -> int:
     return count_rows(settings, f"SELECT count(*) FROM events WHERE {where}")
 
@@ -252,10 +269,10 @@ def test_topics_past_the_subscription_limit_are_refused_clearly_and_the_rest_flo
     tmp_path: Path,
     worker_factory: Callable[..., WorkerProcess],
 ) -> None:
-    with EmulatorServer(port=0, admin_port=None, idle_reset_s=0, max_subscriptions=6) as limited:
-        limited.create_cache(CACHE)
-        env = listen_env | {"MOMENTO_LOCAL": limited.address}
-        worker_factory("listen-limit", env=env)
+    with own_server(listen_env, worker_factory, "listen-limit", max_subscriptions=6) as (
+        limited,
+        env,
+    ):
         listener = ListenerProcess("limited", env, tmp_path / "limited.log")
         try:
             refused = "subscription refused"
@@ -354,10 +371,7 @@ def test_numbers_the_server_no_longer_held_are_recorded_lost_exactly(
     tmp_path: Path,
     worker_factory: Callable[..., WorkerProcess],
 ) -> None:
-    with EmulatorServer(port=0, admin_port=None, idle_reset_s=0, retain=50) as small:
-        small.create_cache(CACHE)
-        env = listen_env | {"MOMENTO_LOCAL": small.address}
-        worker_factory("listen-window", env=env)
+    with own_server(listen_env, worker_factory, "listen-window", retain=50) as (small, env):
         first = ListenerProcess("window-1", env, tmp_path / "window-1.log")
         try:
             assert wait_for(lambda: len(held_by(db)) == 10, 30)

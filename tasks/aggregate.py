@@ -18,6 +18,7 @@ from pipeline.config import Settings, get_settings
 from pipeline.db import get_engine
 from pipeline.errors import MomentoError
 from pipeline.workflows.routes import routes_for
+from pipeline.workflows.templates import glob_regex
 from tasks.retry import PERIODIC
 
 logger = get_task_logger(__name__)
@@ -83,7 +84,11 @@ def publish_summaries(settings: Settings) -> int:
 def retention() -> dict[str, int]:
     """Delete raw rows older than PIPELINE_RETENTION_DAYS that are already rolled up."""
     settings = get_settings()
-    ordered = [(r.name, r.cache, r.topic) for r in routes_for(settings) if r.ordered]
+    ordered = [
+        (r.name, glob_regex(r.cache), glob_regex(r.topic))
+        for r in routes_for(settings)
+        if r.ordered
+    ]
     report = delete_expired(
         get_engine(settings),
         settings.pipeline_retention_days,

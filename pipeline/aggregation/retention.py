@@ -18,7 +18,6 @@ from the stored event). Once that is over, the next run deletes it.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -74,25 +73,6 @@ def retention_cutoff(retention_days: float, now: datetime | None = None) -> date
     return (now or datetime.now(UTC)) - timedelta(days=retention_days)
 
 
-def glob_regex(pattern: str) -> str:
-    """A Postgres regular expression matching what ``fnmatch.fnmatchcase(name, pattern)`` does."""
-    out, i = ["^"], 0
-    while i < len(pattern):
-        char, i = pattern[i], i + 1
-        end = pattern.find("]", i + 1) if char == "[" else -1
-        if char == "*":
-            out.append(".*")
-        elif char == "?":
-            out.append(".")
-        elif end > 0:  # a character class, "[!...]" negated
-            body = pattern[i:end].replace("\\", "\\\\")
-            out.append("[^" + body[1:] + "]" if body.startswith("!") else "[" + body + "]")
-            i = end + 1
-        else:
-            out.append(re.escape(char))
-    return "".join([*out, "$"])
-
-
 def delete_expired(
     engine: Engine,
     retention_days: float,
@@ -104,14 +84,15 @@ def delete_expired(
 ) -> RetentionReport:
     """Delete expired raw rows (already rolled up for ``window_s``) in chunks; return counts.
 
-    ``ordered`` lists the ordered routes as (name, cache glob, topic glob).
+    ``ordered`` lists the ordered routes as (name, cache regex, topic regex): their globs as
+    ``pipeline.workflows.templates.glob_regex`` writes them for SQL.
     """
     cutoff = retention_cutoff(retention_days, now)
     routes = list(ordered)
     patterns = {
         "routes": [name for name, _, _ in routes],
-        "cache_res": [glob_regex(cache) for _, cache, _ in routes],
-        "topic_res": [glob_regex(topic) for _, _, topic in routes],
+        "cache_res": [cache_re for _, cache_re, _ in routes],
+        "topic_res": [topic_re for _, _, topic_re in routes],
     }
     with engine.connect() as conn:
         rows = conn.execute(

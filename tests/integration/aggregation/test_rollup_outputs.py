@@ -23,6 +23,7 @@ from pipeline.config import Settings
 from pipeline.db import get_engine
 from pipeline.emulator import EmulatorServer
 from pipeline.metrics import register_db_collector
+from pipeline.workflows.templates import glob_regex
 from tasks.aggregate import publish_summaries
 from tests.conftest import WorkerProcess, count_rows, wait_for
 from tests.integration.aggregation.test_aggregation import (
@@ -108,7 +109,8 @@ def test_retention_keeps_expired_events_of_an_ordered_route_that_has_not_started
     store(db, item(1, old, old + 7, topic="other"))
     engine = get_engine(db)
     rollup(engine, WINDOW_S)
-    ordered = [("relay", "ch*", "room-?")]  # matches room-1, not "other"; no cursor yet
+    # Matches room-1, not "other"; no cursor yet.
+    ordered = [("relay", glob_regex("ch*"), glob_regex("room-?"))]
     assert delete_expired(engine, 7, WINDOW_S, ordered=ordered).events == 1
     assert count_rows(db, "SELECT count(*) FROM events WHERE topic = 'room-1'") == 3
     with engine.begin() as conn:  # the route has run the whole topic

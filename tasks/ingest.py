@@ -21,7 +21,7 @@ from sqlalchemy.exc import PendingRollbackError
 from pipeline.celery_app import app
 from pipeline.config import Settings, get_settings
 from pipeline.db import transaction
-from pipeline.ingest.ledger import sequencing_horizon, settle_stored
+from pipeline.ingest.ledger import oldest_received_ms, sequencing_horizon, settle_stored
 from pipeline.ingest.store import RowsOf, StoreResult, dead_letter, store_batch, webhook_rows
 from pipeline.sequencing.store import policy_from
 from pipeline.sources.items import subscription_rows
@@ -134,12 +134,10 @@ def _store_and_hand_over(
     return result
 
 
-def waited(items: list[list[Any]], now_ms: float | None = None) -> bool:
-    """Whether the batch's oldest item was received more than ``WAITED_S`` ago (every door's
-    items end with their receive time in ms)."""
-    now_ms = time.time() * 1000 if now_ms is None else now_ms
-    oldest_ms = min((item[-1] for item in items if isinstance(item[-1], int)), default=now_ms)
-    return now_ms - oldest_ms > WAITED_S * 1000
+def waited(items: list[list[Any]], now_ms: int | None = None) -> bool:
+    """Whether the batch's oldest item was received more than ``WAITED_S`` ago."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return now_ms - oldest_received_ms(items, now_ms) > WAITED_S * 1000
 
 
 def _dead_letter_batch(

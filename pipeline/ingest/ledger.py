@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import redis
@@ -43,8 +43,8 @@ PUSHED_AT = "pipeline:ingest:ledger:pushed"
 """Sorted set: task id → when the batch's oldest delivery was received, in ms since the epoch."""
 UNACKED = "unacked"
 """Kombu's hash of delivered, unacknowledged messages by delivery tag (its default key)."""
-SUSPECTS = "pipeline:ingest:ledger:suspects"
-"""Sorted set: task id → when a look first found the batch neither waiting nor held."""
+SUSPECTS = "pipeline:ingest:ledger:suspect-ids"
+"""Set: task ids the last look found neither waiting nor held."""
 
 _COUNT_UNSEEN = """
 local unseen = 0
@@ -55,6 +55,12 @@ return {unseen, redis.call('LLEN', KEYS[3])}
 """
 _TAG = re.compile(rb'"delivery_tag":\s*"([^"]+)"')
 SCAN_CHUNK = 200
+
+
+def oldest_received_ms(items: Sequence[Sequence[Any]], default: int) -> int:
+    """When a batch's oldest item was received (``default`` if none says): every door's items
+    end with their receive time in ms (``[body, received ms]`` for webhooks)."""
+    return min((item[-1] for item in items if isinstance(item[-1], int)), default=default)
 
 
 def record(pipe: Any, task_id: str, message: bytes, received_ms: int) -> None:
@@ -79,7 +85,7 @@ def settle(client: redis.Redis, task_id: str) -> None:
     pipe = client.pipeline(transaction=False)
     pipe.hdel(MESSAGES, task_id)
     pipe.zrem(PUSHED_AT, task_id)
-    pipe.zrem(SUSPECTS, task_id)
+    pipe.srem(SUSPECTS, task_id)
     pipe.execute()
 
 
@@ -157,7 +163,7 @@ def waiting_tags(client: redis.Redis, queue: str) -> Iterator[bytes]:
         start += SCAN_CHUNK
 
 
-def find_lost(client: redis.Redis, queue: str, now_ms: int | None = None) -> list[str]:
+def find_lost(client: redis.Redis, queue: str) -> list[str]:
     """Task ids of batches lost between the queue and a worker: seen missing twice in a row.
 
     Cheap while nothing is missing (``count_unseen``). Otherwise the queue is read to name the
@@ -175,27 +181,25 @@ def find_lost(client: redis.Redis, queue: str, now_ms: int | None = None) -> lis
         pipe.hexists(UNACKED, task_id)
     held = pipe.execute()
     missing = [i for i, h in zip(ids, held, strict=True) if not h and i not in present]
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    before = {key.decode(): score for key, score in cast(Any, client.zrange(SUSPECTS, 0, -1,
-                                                                           withscores=True))}
+    before = {key.decode() for key in cast(set[bytes], client.smembers(SUSPECTS))}
     pipe = client.pipeline(transaction=True)
     pipe.delete(SUSPECTS)
     if missing:
-        pipe.zadd(SUSPECTS, {task_id: before.get(task_id, now_ms) for task_id in missing})
+        pipe.sadd(SUSPECTS, *missing)
     pipe.execute()
     return [task_id for task_id in missing if task_id in before]
 
 
-def resend_lost(client: redis.Redis, queue: str, now_ms: int | None = None) -> int:
+def resend_lost(client: redis.Redis, queue: str) -> int:
     """Push lost batches (``find_lost``) onto the consuming end of ``queue``; return how many."""
     resent = 0
-    for task_id in find_lost(client, queue, now_ms):
+    for task_id in find_lost(client, queue):
         message = client.hget(MESSAGES, task_id)
         if message is None or client.hexists(UNACKED, task_id):
             continue  # stored or taken meanwhile (a copy of a stored batch would store nothing)
         pipe = client.pipeline(transaction=True)
         pipe.rpush(queue, message)  # older than anything waiting: it goes first
-        pipe.zrem(SUSPECTS, task_id)
+        pipe.srem(SUSPECTS, task_id)
         pipe.execute()
         resent += 1
     if resent:

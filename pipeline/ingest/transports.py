@@ -59,16 +59,11 @@ class RedisPush:
         pipe = self._client.pipeline(transaction=self.ledger)
         pipe.lpush(self.key, message)
         if self.ledger:
-            ingest_ledger.record(pipe, task_id, message, self.oldest_received_ms(items))
+            oldest_ms = ingest_ledger.oldest_received_ms(items, int(time.time() * 1000))
+            ingest_ledger.record(pipe, task_id, message, oldest_ms)
         pipe.exists(backpressure.LAGGING)  # a read in the same round trip
         results = await pipe.execute()
         return Backlog(int(results[0]), bool(results[-1]))
-
-    @staticmethod
-    def oldest_received_ms(items: Sequence[Item]) -> int:
-        """When the batch's oldest item was received: every door's items end with the receive
-        time in ms (``[body, received ms]`` for webhooks)."""
-        return min((int(item[-1]) for item in items), default=int(time.time() * 1000))
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -48,7 +48,7 @@ def test_only_batches_neither_waiting_nor_held_twice_in_a_row_are_pushed_again(
         assert client.llen(queue) == 2
         assert ingest_ledger.count_unseen(client, queue) == (2, 2)
         assert ingest_ledger.resend_lost(client, queue) == 0  # nothing missing any more
-        assert client.zcard(ingest_ledger.SUSPECTS) == 0
+        assert client.scard(ingest_ledger.SUSPECTS) == 0
         assert client.zscore(ingest_ledger.PUSHED_AT, "lost") == old_ms  # receive time kept
     finally:
         client.delete(queue, *keys)

@@ -73,9 +73,7 @@ class Listener:
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
-    def listen(
-        self, subscription: ResilientSubscription, key: tuple[str, str]
-    ) -> None:
+    def listen(self, subscription: ResilientSubscription, key: tuple[str, str]) -> None:
         """Record each outbound message with its arrival time until stopped."""
         while not self._stop.is_set():
             event = subscription.poll(0.2)

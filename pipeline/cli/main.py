@@ -275,5 +275,3 @@ def main() -> None:
     except PipelineError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, text, update
 
 from pipeline.models import OutboxMessage, OutboxStatus
 
@@ -65,3 +65,19 @@ def try_lock(conn: Connection, key: str) -> bool:
 def unlock(conn: Connection, key: str) -> None:
     """Let a topic's session advisory lock go."""
     conn.execute(UNLOCK, {"p_key": key})
+
+
+FREE_KEYS = text(
+    "SELECT k FROM unnest(CAST(:p_keys AS text[])) AS k "
+    "WHERE CASE WHEN pg_try_advisory_lock(hashtextextended(k, 0))"
+    " THEN pg_advisory_unlock(hashtextextended(k, 0)) ELSE false END"
+)
+"""Of ``p_keys``, the topics whose lock nobody holds (each taken and let go at once; CASE fixes
+the order of the two calls). Same lock ids as ``lock_id``."""
+
+
+def free_keys(conn: Connection, keys: list[str]) -> set[str]:
+    """Of ``keys``, those whose topic lock is free now, in one round trip (autocommit ``conn``)."""
+    if not keys:
+        return set()
+    return set(conn.execute(FREE_KEYS, {"p_keys": keys}).scalars())

@@ -34,17 +34,22 @@ def _client(broker: str) -> redis.Redis | None:
     )
 
 
-def mark(broker: str, topic_key: str) -> bool:
-    """Mark topic ``topic_key`` (its lock key) as having an advance on the way; True if it had
-    none (send one). Any doubt (no Redis broker, a broker error) sends one."""
+def mark(broker: str, topic_keys: list[str]) -> set[str]:
+    """Mark topics (their lock keys) as having an advance on the way, in one broker round trip;
+    returns those that had none (send one for each). Any doubt (no Redis broker, a broker error)
+    sends one for every topic."""
     client = _client(broker)
-    if client is None:
-        return True
+    if client is None or not topic_keys:
+        return set(topic_keys)
+    pipe = client.pipeline(transaction=False)
+    for key in topic_keys:
+        pipe.set(f"{PREFIX}{key}", b"1", nx=True, px=TTL_MS)
     try:
-        return bool(client.set(f"{PREFIX}{topic_key}", b"1", nx=True, px=TTL_MS))
+        found = pipe.execute()
     except redis.RedisError as exc:
-        logger.warning("advance mark not set error=%r", exc)
-        return True
+        logger.warning("advance marks not set error=%r", exc)
+        return set(topic_keys)
+    return {key for key, was_set in zip(topic_keys, found, strict=True) if was_set}
 
 
 def clear(broker: str, topic_key: str) -> None:

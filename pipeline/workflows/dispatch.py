@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from datetime import timedelta
 from typing import Protocol
 
@@ -27,10 +27,10 @@ from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, tupl
 from pipeline.config import Settings, get_settings
 from pipeline.db import get_engine
 from pipeline.models import Event, RouteCursor, TopicCursorRow, WorkflowRun
-from pipeline.outbound.outbox_sql import try_lock, unlock
+from pipeline.outbound.outbox_sql import free_keys
 from pipeline.stores import broker_url
 from pipeline.workflows import advance_marks
-from pipeline.workflows.route_cursors import Places, late_events, topic_key
+from pipeline.workflows.route_cursors import Places, late_events_of_route, topic_key
 from pipeline.workflows.routes import Route, RouteTable, routes_for
 from pipeline.workflows.runner import INLINE_BUDGET_S
 from pipeline.workflows.runs import claim_runs, dispatch_late
@@ -130,10 +130,13 @@ def dispatch_stored(
             drive(route, cache, topic, by_topic[(cache, topic)], result.places)
             inline += 1
     elif ordered:
+        by_route: dict[str, tuple[Route, dict[tuple[str, str], list[int]]]] = {}
+        for route, place in ordered:
+            by_route.setdefault(route.name, (route, {}))[1][place] = by_topic[place]
         with engine.connect() as raw:
             conn = raw.execution_options(isolation_level="AUTOCOMMIT")
-            for route, (cache, topic) in ordered:
-                ordered_sent += nudge(app, conn, route, cache, topic, by_topic[(cache, topic)])
+            for route, topics in by_route.values():
+                ordered_sent += nudge(app, conn, route, topics)
     DISPATCHED.labels("unordered").inc(unordered)
     DISPATCHED.labels("ordered").inc(ordered_sent)
     DISPATCHED.labels("inline").inc(inline)
@@ -154,23 +157,34 @@ def _ran_here(run: Run, route: str, event_id: int) -> bool:
 
 
 def nudge(
-    app: Celery, conn: Connection, route: Route, cache: str, topic: str, ids: list[int]
+    app: Celery, conn: Connection, route: Route, topics: Mapping[tuple[str, str], list[int]]
 ) -> int:
-    """Get an ordered topic's new events run: send ``advance`` unless a driver is at work.
+    """Get an ordered route's new events run, for all the batch's topics at once: send
+    ``advance`` for each topic no driver is at work on. Returns tasks sent.
 
-    A driver that holds the topic's lock finds events committed before this check, either in
-    its loop or in the look it takes after letting the lock go, so no task is needed; only the
-    events it already passed (late ones) are handed over here. The same holds while an advance
-    is already on its way (``advance_marks``). Returns tasks sent.
+    A driver that holds a topic's lock finds events committed before this check, either in its
+    loop or in the look it takes after letting the lock go, so no task is needed; only the events
+    it already passed (late ones) are handed over here. The same holds while an advance is
+    already on its way (``advance_marks``). One round trip each to Postgres (which locks are
+    free), the broker (which topics have no advance on the way) and Postgres again (which events
+    came late), whatever the number of topics: during a backlog a batch spans many topics, and
+    asking per topic was most of an ingest task's time.
     """
-    key = topic_key(route.name, cache, topic)
-    if try_lock(conn, key):
-        unlock(conn, key)
-        if advance_marks.mark(broker_url(get_settings()), key):
+    keys = {topic: topic_key(route.name, *topic) for topic in topics}
+    free = free_keys(conn, list(keys.values()))
+    wanted = advance_marks.mark(broker_url(get_settings()), [k for k in keys.values() if k in free])
+    sent = 0
+    others: list[int] = []
+    for (cache, topic), key in keys.items():
+        if key in wanted:
+            ids = topics[(cache, topic)]
             app.send_task("tasks.workflows.advance", args=(route.name, cache, topic, ids))
-            return 1
-        # An advance is on its way and will run what lies ahead; only late ones are left.
-    return dispatch_late(app, conn, route.name, late_events(conn, route.name, cache, topic, ids))
+            sent += 1
+        else:  # an advance is on its way, or a driver at work: only late ones are left
+            others.extend(topics[(cache, topic)])
+    return sent + dispatch_late(
+        app, conn, route.name, late_events_of_route(conn, route.name, others)
+    )
 
 
 def _by_topic(engine: Engine, result: Stored) -> dict[tuple[str, str], list[int]]:

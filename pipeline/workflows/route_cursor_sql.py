@@ -200,8 +200,8 @@ def _skipped_ids() -> Any:
     )
 
 
-def _late_statement() -> Any:
-    cursor = select(RouteCursor).where(_THIS).subquery("cursor")
+def _late_statement(where: Any) -> Any:
+    cursor = select(RouteCursor).where(where).subquery("cursor")
     return select(Event.id).select_from(cursor).join(Event, _late_filter(cursor)).order_by(Event.id)
 
 
@@ -226,7 +226,9 @@ PEEK_AND_MARK = PEEK.add_cte(MARK_SENT.returning(OutboxMessage.id).cte("marked")
 ``pending`` column still sees those rows as pending; the driver ignores it inside its loop."""
 MOVE = {expect: _move_statement(expect) for expect in (False, True)}
 SKIPPED = _skipped_ids()
-LATE = _late_statement()
+LATE = _late_statement(_THIS)
+LATE_OF_ROUTE = _late_statement(RouteCursor.route == _ROUTE)
+"""LATE for events of any of the route's topics (each event meets its own topic's cursor)."""
 ENSURE = pg_insert(RouteCursor).values(route=_ROUTE, cache=_CACHE, topic=_TOPIC)
 ENSURE = ENSURE.on_conflict_do_nothing()
 INFLIGHT = (

@@ -27,6 +27,7 @@ from pipeline.workflows.route_cursor_sql import (
     HOLD,
     INFLIGHT,
     LATE,
+    LATE_OF_ROUTE,
     LOAD,
     LOCK_OR_POSITION,
     MOVE,
@@ -230,6 +231,13 @@ def late_events(conn: Connection, route: str, cache: str, topic: str, ids: list[
     if not ids:
         return []
     return list(conn.execute(LATE, _here(route, cache, topic) | {"p_ids": ids}).scalars())
+
+
+def late_events_of_route(conn: Connection, route: str, ids: list[int]) -> list[int]:
+    """``late_events`` for events of many of the route's topics, in one round trip."""
+    if not ids:
+        return []
+    return list(conn.execute(LATE_OF_ROUTE, {"p_route": route, "p_ids": ids}).scalars())
 
 
 def late_behind(

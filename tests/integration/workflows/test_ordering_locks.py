@@ -16,21 +16,22 @@ from pipeline.outbound.publisher import Publisher
 from pipeline.sequencing.rules import Delivery, SequencePolicy, advance
 from pipeline.sequencing.state import TopicCursor
 from pipeline.workflows import route_cursors as ordering
+from pipeline.workflows.dispatch import nudge
 from pipeline.workflows.outbox import commit_result
 from pipeline.workflows.routes import load_routes
 from pipeline.workflows.runner import WorkflowRunner
 
 
-def stored_event(conn: Connection, seq: int) -> int:
+def stored_event(conn: Connection, seq: int, topic: str = "t") -> int:
     return int(
         conn.execute(
             text(
                 "INSERT INTO events (cache, topic, topic_sequence_number, event_timestamp, "
                 "token_id, text, received_at, source, idempotency_key, epoch, arrival) "
-                "VALUES ('c', 't', :seq, 0, '', 'x', now(), 'webhook', :key, 1, 'late') "
+                "VALUES ('c', :topic, :seq, 0, '', 'x', now(), 'webhook', :key, 1, 'late') "
                 "RETURNING id"
             ),
-            {"seq": seq, "key": f"k{seq}"},
+            {"seq": seq, "key": f"k{seq}", "topic": topic},
         ).scalar()
     )
 
@@ -57,6 +58,43 @@ def test_a_busy_topic_reports_which_new_events_came_too_late(db: Settings) -> No
         assert ordering.lock_or_late(other, "r", "c", "t", [behind, ahead]) == (True, [])
         assert not try_lock(holder, key)  # the second call took the lock
         unlock(other, key)
+
+
+def test_a_nudge_asks_once_for_all_its_topics_which_need_an_advance_and_what_came_late(
+    db: Settings, tmp_path: Path
+) -> None:
+    engine = get_engine(db)
+    with engine.begin() as conn:
+        behind, ahead = stored_event(conn, 3), stored_event(conn, 9)  # topic t: a driver at work
+        quiet = stored_event(conn, 1, topic="u")  # topic u: nobody at work
+        ordering.ensure_cursor(conn, "r", "c", "t")
+        conn.execute(
+            text("UPDATE route_cursors SET epoch = 1, seq = 5, event_id = :id"), {"id": ahead}
+        )
+    routes = tmp_path / "routes.toml"
+    routes.write_text(
+        '[[routes]]\nname = "r"\ncache = "c"\ntopic = "*"\n'
+        'workflow = "tasks.examples:uppercase"\nordered = true\n'
+    )
+    route = load_routes(routes).get("r")
+    app = SentTasks()
+    batch = {("c", "t"): [behind, ahead], ("c", "u"): [quiet]}
+    with engine.connect() as holder, engine.connect() as conn:
+        holder = holder.execution_options(isolation_level="AUTOCOMMIT")
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        assert try_lock(holder, "r\x1fc\x1ft")
+        assert nudge(cast(Any, app), conn, route, batch) == 2
+        assert app.sent == [
+            ("tasks.workflows.advance", ("r", "c", "u", [quiet])),
+            ("tasks.workflows.run", ("r", behind, "single")),  # the driver passed it: late
+        ]
+        assert try_lock(conn, "r\x1fc\x1fu")  # the free topic's lock was let go
+        unlock(conn, "r\x1fc\x1fu")
+        app.sent.clear()
+        # u's advance is on its way, t's late event claimed: the same batch again sends nothing.
+        assert nudge(cast(Any, app), conn, route, batch) == 0
+        assert app.sent == []
+        unlock(holder, "r\x1fc\x1ft")
 
 
 def sequenced(conn: Connection, *seqs: int) -> None:

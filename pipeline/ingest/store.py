@@ -36,7 +36,8 @@ class StoreResult:
     new_ids: list[int] = field(default_factory=list)
     places: dict[int, tuple[int | None, int]] = field(default_factory=dict)
     """Where each new event stands in its topic: (epoch, sequence number)."""
-    topics: set[tuple[str, str]] = field(default_factory=set)
+    by_topic: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    """The new events' ids by topic (cache, topic)."""
     duplicates: int = 0
     dead: int = 0
     replayed: bool = False
@@ -49,7 +50,8 @@ class StoreResult:
         """Add inserted rows (``RETURNING``); the rest of ``offered`` were stored before."""
         self.new_ids.extend(row.id for row in inserted)
         self.places.update((row.id, (row.epoch, row.topic_sequence_number)) for row in inserted)
-        self.topics.update((row.cache, row.topic) for row in inserted)
+        for row in inserted:
+            self.by_topic.setdefault((row.cache, row.topic), []).append(row.id)
         self.duplicates += offered - len(inserted)
 
 

@@ -125,6 +125,7 @@ def sequence_rows(
         by_topic[(row["cache"], row["topic"])].append(index)
     cursors = lock_cursors(conn, by_topic)
     keep = [True] * len(rows)
+    duplicates: list[dict[str, Any]] = []
     for key, indexes in by_topic.items():
         deliveries = [
             Delivery(
@@ -143,8 +144,7 @@ def sequence_rows(
                 row = rows[int(outcome.event_id)]
                 if outcome.kind is Kind.DUPLICATE:
                     keep[int(outcome.event_id)] = False
-                    _record_duplicate(conn, key, outcome, row["received_at"])
-                    report.duplicates += 1
+                    duplicates.append(_duplicate(key, outcome, row["received_at"]))
                     continue
                 stale = outcome.kind is Kind.STALE
                 row["epoch"] = None if stale else outcome.epoch
@@ -159,6 +159,9 @@ def sequence_rows(
                 {"cache": key[0], "topic": key[1], "state": cursor.to_json(), "newest": now_ms}
             )
         report.topics.add(key)
+    if duplicates:  # one statement for the batch's duplicates, not one each
+        conn.execute(insert(DuplicateDelivery), duplicates)
+        report.duplicates += len(duplicates)
     return [row for row, kept in zip(rows, keep, strict=True) if kept], report
 
 
@@ -207,18 +210,15 @@ def _advance(
     return advanced, outcomes
 
 
-def _record_duplicate(
-    conn: Executor, key: TopicKey, outcome: Classified, received_at: datetime
-) -> None:
-    conn.execute(
-        insert(DuplicateDelivery).values(
-            cache=key[0],
-            topic=key[1],
-            epoch=outcome.epoch,
-            topic_sequence_number=outcome.seq,
-            received_at=received_at,
-        )
-    )
+def _duplicate(key: TopicKey, outcome: Classified, received_at: datetime) -> dict[str, Any]:
+    """A ``DuplicateDelivery`` row."""
+    return {
+        "cache": key[0],
+        "topic": key[1],
+        "epoch": outcome.epoch,
+        "topic_sequence_number": outcome.seq,
+        "received_at": received_at,
+    }
 
 
 def _record_gaps(

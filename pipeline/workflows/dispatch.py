@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Protocol
 
@@ -63,7 +63,7 @@ class Stored(Protocol):
     @property
     def places(self) -> Places: ...
     @property
-    def topics(self) -> Set[tuple[str, str]]: ...
+    def by_topic(self) -> Mapping[tuple[str, str], Sequence[int]]: ...
     @property
     def replayed(self) -> bool: ...
     @property
@@ -188,12 +188,12 @@ def nudge(
 
 
 def _by_topic(engine: Engine, result: Stored) -> dict[tuple[str, str], list[int]]:
-    """The batch's event ids by topic (no query when the batch is one topic, the usual case)."""
-    if not result.replayed and len(result.topics) == 1:
-        return {next(iter(result.topics)): list(result.new_ids)}
+    """The batch's event ids by topic: as inserted, or looked up for a redelivered batch."""
+    if not result.replayed:
+        return {topic: list(ids) for topic, ids in result.by_topic.items()}
     by_topic: dict[tuple[str, str], list[int]] = defaultdict(list)
     with engine.connect() as conn:
-        ids = batch_event_ids(conn, result.keys) if result.replayed else result.new_ids
+        ids = batch_event_ids(conn, result.keys)
         rows = conn.execute(select(Event.id, Event.cache, Event.topic).where(Event.id.in_(ids)))
         for row in rows:
             by_topic[(row.cache, row.topic)].append(row.id)

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     pipeline_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     pipeline_batch_max_wait_ms: float = Field(default=20.0, ge=0, le=1000)
     pipeline_batch_interval_ms: float = Field(default=8.0, ge=0, le=1000)
+    pipeline_batch_backlog_wait_ms: float = Field(default=250.0, ge=0, le=2000)
     pipeline_batch_max_events: int = Field(default=500, ge=1, le=10000)
     pipeline_max_pending_events: int = Field(default=20000, ge=1)
     pipeline_enqueue_timeout_s: float = Field(default=3.0, gt=0, le=4.5)

@@ -64,6 +64,7 @@ class GroupCommitter:
         wait_s: float = 0.002,
         max_wait_s: float = 0.02,
         interval_s: float = 0.0,
+        backlog_wait_s: float = 0.0,
         max_pending: int = 20000,
         timeout_s: float = 3.0,
         max_concurrent_sends: int = 4,
@@ -75,7 +76,7 @@ class GroupCommitter:
         self._send_async = cast(AsyncSender, send) if on_loop else None
         self._send_blocking = None if on_loop else cast(SendBatch, send)
         self.max_batch = max_batch
-        self.spacing = Spacing(wait_s, max_wait_s, interval_s)
+        self.spacing = Spacing(wait_s, max_wait_s, interval_s, backlog_wait_s)
         self.max_pending = max_pending
         self.timeout_s = timeout_s
         self._queue: list[tuple[Item, asyncio.Future[None], float]] = []

@@ -95,6 +95,7 @@ class WebhookReceiver:
             wait_s=settings.pipeline_batch_wait_ms / 1000,
             max_wait_s=settings.pipeline_batch_max_wait_ms / 1000,
             interval_s=settings.pipeline_batch_interval_ms / 1000,
+            backlog_wait_s=settings.pipeline_batch_backlog_wait_ms / 1000,
             max_pending=settings.pipeline_max_pending_events,
             timeout_s=settings.pipeline_enqueue_timeout_s,
         )

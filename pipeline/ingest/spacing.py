@@ -6,9 +6,10 @@ learned of the broker's queue (``Backlog``), and asks it how long the next batch
 
 The wait adapts to the workers: a Redis ``LPUSH`` answers with the queue's length, and while
 batches are waiting there (the workers are behind), a new batch would wait anyway, so it
-collects for longer (``wait_s`` times the waiting batches, at most ``max_wait_s``). Bigger
-batches cost the workers less per event, so they catch up instead of falling further behind;
-with an empty queue a batch goes at once. While the workers are behind (a send found batches
+collects for longer (``wait_s`` times the waiting batches, at most ``backlog_wait_s``). Bigger
+batches cost the workers less per event, so they catch up instead of falling further behind
+(after an outage, a queue of small batches drained several times slower than one of large
+ones); with an empty queue a batch goes at once. While the workers are behind (a send found batches
 waiting, within the last ``BEHIND_HOLD_S``; always, for a sender that cannot tell) and requests
 arrive faster than one per ``interval_s`` (a moving average of the gaps between them), a batch
 also waits until ``interval_s`` after the previous one was sent, so requests share batches
@@ -44,9 +45,12 @@ class Backlog:
 class Spacing:
     """The policy's state: what it knows of the traffic and of the workers."""
 
-    def __init__(self, wait_s: float, max_wait_s: float, interval_s: float) -> None:
+    def __init__(
+        self, wait_s: float, max_wait_s: float, interval_s: float, backlog_wait_s: float = 0.0
+    ) -> None:
         self.wait_s = wait_s
         self.max_wait_s = max(wait_s, max_wait_s)
+        self.backlog_wait_s = max(self.max_wait_s, backlog_wait_s)
         self.interval_s = interval_s
         self.last_flush = -1e9  # when the last batch was sent
         self.last_arrival = -1e9  # when the last request arrived
@@ -77,12 +81,12 @@ class Spacing:
         return changed
 
     def wait_s_at(self, now: float) -> float:
-        """How long the next batch collects: longer while batches wait in the broker, and at
-        least until ``interval_s`` after the previous batch was sent while the workers are behind
-        and requests come faster than one per ``interval_s`` (``max_wait_s`` instead of
-        ``interval_s`` while the workflow stage runs late, or always for a sender that reports
-        no backlog; no spacing if ``interval_s`` is 0)."""
-        backlog_s = self.wait_s * self.waiting
+        """How long the next batch collects: longer while batches wait in the broker (up to
+        ``backlog_wait_s``), and at least until ``interval_s`` after the previous batch was sent
+        while the workers are behind and requests come faster than one per ``interval_s``
+        (``max_wait_s`` instead of ``interval_s`` while the workflow stage runs late, or always
+        for a sender that reports no backlog; no spacing if ``interval_s`` is 0)."""
+        backlog_s = min(self.backlog_wait_s, self.wait_s * self.waiting)
         spacing_s = 0.0
         # A sender that cannot tell (not Redis) may hide either backlog: space widely.
         wide = self.lagging or not self.knows_backlog
@@ -90,5 +94,4 @@ class Spacing:
         interval_s = self.max_wait_s if wide and self.interval_s else self.interval_s
         if behind and self.gap_s < interval_s:
             spacing_s = self.last_flush + interval_s - now
-        wait_s = min(self.max_wait_s, max(backlog_s, spacing_s))
-        return wait_s
+        return max(backlog_s, min(self.max_wait_s, spacing_s))

@@ -163,6 +163,7 @@ class Listener:
             wait_s=s.pipeline_batch_wait_ms / 1000,
             max_wait_s=s.pipeline_batch_max_wait_ms / 1000,
             interval_s=s.pipeline_batch_interval_ms / 1000,
+            backlog_wait_s=s.pipeline_batch_backlog_wait_ms / 1000,
             max_pending=s.pipeline_max_pending_events,
             timeout_s=s.pipeline_enqueue_timeout_s,
         )

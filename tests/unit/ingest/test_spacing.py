@@ -32,6 +32,19 @@ def test_waiting_batches_lengthen_the_wait_up_to_the_longest() -> None:
     assert spacing.wait_s_at(100.0) == pytest.approx(0.02)
 
 
+def test_a_deep_backlog_collects_up_to_the_backlog_wait_while_spacing_keeps_its_cap() -> None:
+    spacing = Spacing(wait_s=0.002, max_wait_s=0.02, interval_s=0.01, backlog_wait_s=0.25)
+    spacing.learned(Backlog(queued=51), now=100.0)
+    assert spacing.wait_s_at(100.0) == pytest.approx(0.1)  # 2 ms per waiting batch
+    spacing.learned(Backlog(queued=5000), now=100.0)  # an outage's backlog
+    assert spacing.wait_s_at(100.0) == pytest.approx(0.25)
+    lagging = Spacing(wait_s=0.002, max_wait_s=0.02, interval_s=0.01, backlog_wait_s=0.25)
+    lagging.learned(Backlog(queued=1, lagging=True), now=100.0)  # late, but no queue
+    now = fast_traffic(lagging, 100.0)
+    lagging.flushed(now)
+    assert lagging.wait_s_at(now) == pytest.approx(0.02)
+
+
 def test_fast_requests_are_spaced_by_the_interval_only_while_the_workers_are_behind() -> None:
     spacing = Spacing(wait_s=0.002, max_wait_s=0.02, interval_s=0.01)
     spacing.learned(Backlog(queued=2), now=100.0)  # one batch waiting: behind

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
 LISTED = 20  # runs a dry run lists one per line
+PING_TIMEOUT_S = 1.0  # how long replay waits for any worker to answer, to say none runs
 RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 BATCH = 200
@@ -186,3 +187,7 @@ def replay(dry_run: bool, **options: Any) -> None:
             f"queued {queued} runs of {events} events for the workers"
             " (they run when a worker takes them; results go through the outbox)"
         )
+        if not app.control.ping(timeout=PING_TIMEOUT_S):
+            click.echo(
+                "no worker answered: the runs wait in the broker until `pipeline worker` starts"
+            )

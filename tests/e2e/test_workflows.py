@@ -220,7 +220,9 @@ def test_permanent_momento_errors_are_dead_lettered_and_replay_sends_once_fixed(
         env = dict(os.environ) | {"PIPELINE_ROUTES": str(routes)}
         dry = run_cli(["replay", "--dead-letters", "--dry-run"], env)
         assert "would replay 2 runs of 2 events" in dry
-        assert "queued 2 runs of 2 events" in run_cli(["replay", "--dead-letters"], env)
+        queued = run_cli(["replay", "--dead-letters"], env)
+        assert "queued 2 runs of 2 events" in queued
+        assert "no worker answered" not in queued  # a worker runs them
         received = subscriber.collect(1, timeout_s=30, settle_s=2.0)
     assert [m["text"] for m in received] == ["HELLO"]
     assert wait_for(

@@ -48,4 +48,5 @@ def test_replay_without_workers_queues_and_a_dry_run_counts_what_it_does_not_lis
     out = _replay(routes)
     assert "queued 23 runs of 23 events for the workers" in out
     assert "replayed" not in out
+    assert "no worker answered" in out
     assert queued_messages(db, "workflows") == before + 23  # nobody took them: still waiting

@@ -6,6 +6,7 @@ The demo runs twice on the same data folder: the second summary counts the secon
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,14 @@ from tests.conftest import embedded_env
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _demo(home: Path, count: int, *, flower: bool) -> str:
+    """One `pipeline demo` on free ports (other suites may run demos beside this one)."""
     result = subprocess.run(
         [
             sys.executable,
@@ -29,11 +37,11 @@ def _demo(home: Path, count: int, *, flower: bool) -> str:
             "--rate",
             "40",
             "--receiver-port",
-            "38000",
+            str(_free_port()),
             "--momento-port",
-            "38080",
+            str(_free_port()),
             "--flower-port",
-            "35555",
+            str(_free_port()),
             "--workers",
             "1",
             "--flower" if flower else "--no-flower",

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 MAX_RANGES = 1000
+MS_DECIMALS = 2  # latency output to 10 µs: finer digits are float noise, not measurement
 
 _TOTALS = """
 SELECT cache, topic, count(*) AS windows, min(window_start) AS first_window,
@@ -55,6 +56,11 @@ WHERE (CAST(:cache AS text) IS NULL OR cache = :cache)
     AND declared_at >= :since AND declared_at < :until
 GROUP BY cache, topic
 """
+
+
+def round_ms(value: float | None) -> float | None:
+    """A latency in milliseconds as output: rounded to ``MS_DECIMALS`` places."""
+    return None if value is None else round(value, MS_DECIMALS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +114,8 @@ class TopicStats:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (times as ISO 8601)."""
         data = asdict(self)
+        for kind in ("publish_latency", "receive_latency"):
+            data[kind] = {k: round_ms(v) for k, v in data[kind].items()}
         for name in ("first_window", "last_window"):
             value = getattr(self, name)
             data[name] = value.isoformat() if value else None

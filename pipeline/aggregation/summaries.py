@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from pipeline.aggregation.stats import round_ms
 from pipeline.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def summary_json(row: Any) -> str:
 
 
 def _percentiles(row: Any, kind: str) -> dict[str, float | None]:
-    return {p: getattr(row, f"{kind}_latency_{p}_ms") for p in ("p50", "p95", "p99")}
+    return {p: round_ms(getattr(row, f"{kind}_latency_{p}_ms")) for p in ("p50", "p95", "p99")}
 
 
 def publish_finished(

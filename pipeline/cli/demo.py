@@ -4,6 +4,9 @@ Publishes with the official SDK to the inbound topics of the sample routes (uppe
 moderation, weather cache, FX rates and orders), listens on their outbound topics with resilient
 subscriptions, waits until every event is stored and every expected result has come back, and
 prints what happened: events in, stored, lost, duplicates, published out, latency.
+
+Every number counts this run only (``pipeline.cli.demo_run``): a rerun on the same data folder
+neither adds the earlier runs' rows nor passes its checks on them.
 """
 
 from __future__ import annotations
@@ -15,11 +18,10 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 
 import click
-from sqlalchemy import text
 
+from pipeline.cli.demo_run import DemoRun, RunCounts
 from pipeline.cli.stack import Stack, prepare_routes, start_listener
 from pipeline.db import get_engine
 from pipeline.outbound import momento_client
@@ -31,7 +33,10 @@ OUTBOUND = [
     ("weather", "changes"),
     ("fx", "order-results"),
 ]
+# Weather announcements carry only the location and temperatures, not the run's tag.
+UNTAGGED = {("weather", "changes")}
 CITIES = ("Paris", "Lagos", "Osaka")
+SUBSCRIBED = "pipeline listen: weather/observations"
 
 
 @dataclass(frozen=True)
@@ -43,21 +48,31 @@ class Publish:
     text: str
 
 
-def scenario_messages(count: int) -> list[Publish]:
-    """The seed scenarios' traffic, in publish order (``count`` relay messages, the rest scaled)."""
-    messages = [Publish("demo", "topic 1", f"hello momento {i}") for i in range(count)]
+def relay_text(i: int, tag: str) -> str:
+    """The ``i``-th message of the uppercase relay."""
+    return f"hello momento {i} ({tag})"
+
+
+def scenario_messages(count: int, tag: str) -> list[Publish]:
+    """The seed scenarios' traffic, in publish order (``count`` relay messages, the rest scaled).
+
+    Every message carries ``tag``, so this run's events can be told from earlier runs'.
+    """
+    messages = [Publish("demo", "topic 1", relay_text(i, tag)) for i in range(count)]
     chat = ["hi all", "what the heck is this", "darn, missed the bus", "see you at 6"]
-    messages += [Publish("chat", "room-1", chat[i % len(chat)]) for i in range(max(4, count // 4))]
+    messages += [
+        Publish("chat", "room-1", f"{chat[i % len(chat)]} ({tag})")
+        for i in range(max(4, count // 4))
+    ]
     for i in range(max(3, count // 8)):
-        record = {"location": CITIES[i % 3], "temp_c": 15 + (i * 7) % 11 / 2}
+        record = {"location": CITIES[i % 3], "temp_c": 15 + (i * 7) % 11 / 2, "run": tag}
         messages.append(Publish("weather", "observations", json.dumps(record)))
     for i, rate in enumerate((1.0831, 1.0842, 1.0850)):
-        messages.append(
-            Publish("fx", "rates", json.dumps({"pair": "EURUSD", "rate": rate, "i": i}))
-        )
+        quote = {"pair": "EURUSD", "rate": rate, "i": i, "run": tag}
+        messages.append(Publish("fx", "rates", json.dumps(quote)))
     for i in range(max(4, count // 10)):
         side, limit = ("buy", 1.09) if i % 2 == 0 else ("sell", 1.10)
-        order = {"id": f"o-{i}", "pair": "EURUSD", "side": side, "limit": limit}
+        order = {"id": f"{tag}/o-{i}", "pair": "EURUSD", "side": side, "limit": limit}
         messages.append(Publish("fx", "orders", json.dumps(order)))
     return messages
 
@@ -66,6 +81,7 @@ def scenario_messages(count: int) -> list[Publish]:
 class Listener:
     """Outbound subscriptions, read on background threads."""
 
+    tag: str
     received: dict[tuple[str, str], list[tuple[float, str]]] = field(
         default_factory=lambda: defaultdict(list)
     )
@@ -74,12 +90,13 @@ class Listener:
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def listen(self, subscription: ResilientSubscription, key: tuple[str, str]) -> None:
-        """Record each outbound message with its arrival time until stopped."""
+        """Record each outbound message of this run with its arrival time until stopped."""
         while not self._stop.is_set():
             event = subscription.poll(0.2)
             if isinstance(event, Message):
                 value = event.value if isinstance(event.value, str) else event.value.decode()
-                self.received[key].append((time.perf_counter(), value))
+                if key in UNTAGGED or self.tag.upper() in value.upper():
+                    self.received[key].append((time.perf_counter(), value))
             elif event is not None:
                 self.gaps += 1
 
@@ -90,11 +107,6 @@ class Listener:
             thread.join(5)
 
 
-def _count(stack: Stack, sql: str) -> int:
-    with get_engine(stack.settings).connect() as conn:
-        return int(conn.execute(text(sql)).scalar_one())
-
-
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -103,18 +115,22 @@ def _percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+def _inbound(messages: list[Publish]) -> list[tuple[str, str]]:
+    return sorted({(m.cache, m.topic) for m in messages})
+
+
 def run_demo(stack: Stack, count: int, rate_per_s: float, timeout_s: float) -> bool:
     """Drive the traffic and print the summary; True if every event was stored and relayed."""
     prepare_routes(stack, extra_topics=[("chat", "room-1")])
     start_listener(stack)
     settings = stack.settings
+    run = DemoRun.begin(get_engine(settings))
     publisher = momento_client.topic_client(settings, timeout=momento_client.PUBLISH_TIMEOUT)
     reader = momento_client.topic_client(settings, max_subscriptions=len(OUTBOUND) + 1)
-    listener = Listener()
+    listener = Listener(run.tag)
     subscriptions = []
-    started_at = datetime.now(UTC)
     sent_at: dict[str, float] = {}
-    messages = scenario_messages(count)
+    messages = scenario_messages(count, run.tag)
     try:
         for key in OUTBOUND:
             sub = ResilientSubscription(reader, *key).start()
@@ -135,31 +151,35 @@ def run_demo(stack: Stack, count: int, rate_per_s: float, timeout_s: float) -> b
             OUTBOUND[1]: sum(m.topic == "room-1" for m in messages),
             OUTBOUND[3]: sum(m.topic == "orders" for m in messages),
         }
-        ok = _wait_until_done(stack, listener, len(messages), expected, timeout_s)
+        ok = _wait_until_done(stack, run, listener, messages, expected, timeout_s)
     finally:
         listener.stop()
         for sub in subscriptions:
             sub.close()
         momento_client.close_client(publisher)
         momento_client.close_client(reader)
-    _print_summary(stack, listener, messages, count, sent_at, started_at)
+    counts = run.counts(get_engine(settings), _inbound(messages))
+    click.echo("")
+    click.echo(summary_text(counts, listener, messages, count, sent_at))
     return ok
 
 
 def _wait_until_done(
     stack: Stack,
+    run: DemoRun,
     listener: Listener,
-    published: int,
+    messages: list[Publish],
     expected: dict[tuple[str, str], int],
     timeout_s: float,
 ) -> bool:
-    """Until every event is stored, every expected result received and the outbox is empty."""
+    """Until this run's events are all stored, its results received and its outbox rows sent."""
+    engine = get_engine(stack.settings)
+    inbound = _inbound(messages)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        stored = _count(stack, "SELECT count(*) FROM events")
-        pending = _count(stack, "SELECT count(*) FROM outbox WHERE status = 'pending'")
+        counts = run.counts(engine, inbound)
         received = all(len(listener.received[key]) >= n for key, n in expected.items())
-        if stored >= published and received and pending == 0:
+        if counts.stored >= len(messages) and received and counts.outbox_pending == 0:
             time.sleep(1.0)  # a last look for stragglers on the unchecked topics
             return True
         time.sleep(0.5)
@@ -174,58 +194,43 @@ def _relay_latencies(listener: Listener, sent_at: dict[str, float]) -> Iterator[
             yield (arrived - start) * 1000
 
 
-def _print_summary(
-    stack: Stack,
+def summary_text(
+    counts: RunCounts,
     listener: Listener,
     messages: list[Publish],
     count: int,
     sent_at: dict[str, float],
-    started_at: datetime,
-) -> None:
-    from pipeline.aggregation.retention import retention_cutoff
-    from pipeline.aggregation.rollups import rollup
-    from pipeline.aggregation.stats import gather_stats
-
-    engine = get_engine(stack.settings)
-    rollup(
-        engine,
-        stack.settings.pipeline_rollup_window_s,
-        keep_after=retention_cutoff(stack.settings.pipeline_retention_days),
-    )
-    rows = gather_stats(
-        engine,
-        stack.settings.pipeline_rollup_window_s,
-        since=started_at - timedelta(minutes=5),
-        until=datetime.now(UTC) + timedelta(minutes=5),
-    )
-    relay = list(_relay_latencies(listener, sent_at))
+) -> str:
+    """The summary table: one label column, values aligned after it."""
     relayed = [json.loads(v)["text"] for _, v in listener.received[OUTBOUND[0]]]
-    in_order = relayed == [f"HELLO MOMENTO {i}" for i in range(len(relayed))]
-    out_sent = _count(stack, "SELECT count(*) FROM outbox WHERE status = 'sent'")
-    click.echo("")
-    click.echo("demo summary")
-    click.echo(f"  events published        {len(messages)}")
-    click.echo(f"  events stored           {_count(stack, 'SELECT count(*) FROM events')}")
-    by_door = "SELECT count(*) FROM events WHERE source = '{}'"
-    click.echo(
-        f"    by webhook            {_count(stack, by_door.format('webhook'))}\n"
-        f"    by subscription       {_count(stack, by_door.format('subscription'))}"
-        "   (pipeline listen: weather/observations)"
-    )
-    click.echo(f"  lost (per sequencer)    {sum(r.lost for r in rows)}")
-    click.echo(f"  duplicates              {sum(r.duplicates for r in rows)}")
-    click.echo(f"  out of order            {sum(r.out_of_order for r in rows)}")
-    click.echo(f"  outbox rows sent        {out_sent}")
-    for key in OUTBOUND:
-        click.echo(f"  received on {key[0]}/{key[1]:<18} {len(listener.received[key])}")
-    click.echo(f"  relay in sequence order {in_order} ({len(relayed)}/{count})")
+    in_order = relayed == [relay_text(i, listener.tag).upper() for i in range(len(relayed))]
+    rows: list[tuple[str, str]] = [
+        ("events published", str(len(messages))),
+        ("events stored", str(counts.stored)),
+        ("  by webhook", str(counts.by_webhook)),
+        ("  by subscription", f"{counts.by_subscription:<6}({SUBSCRIBED})"),
+        ("lost (per sequencer)", str(counts.lost)),
+        ("duplicates", str(counts.duplicates)),
+        ("out of order", str(counts.out_of_order)),
+        ("outbox rows sent", str(counts.outbox_sent)),
+    ]
+    rows += [
+        (f"received on {cache}/{topic}", str(len(listener.received[(cache, topic)])))
+        for cache, topic in OUTBOUND
+    ]
+    rows.append(("relay in sequence order", f"{in_order} ({len(relayed)}/{count})"))
+    relay = list(_relay_latencies(listener, sent_at))
     if relay:
-        click.echo(
-            f"  publish -> outbound     p50 {_percentile(relay, 50):.1f} ms   "
-            f"p99 {_percentile(relay, 99):.1f} ms   (SDK publish to SDK subscriber)"
+        rows.append(
+            (
+                "publish -> outbound",
+                f"p50 {_percentile(relay, 50):.1f} ms   p99 {_percentile(relay, 99):.1f} ms"
+                "   (SDK publish to SDK subscriber)",
+            )
         )
-    receive = [r.receive_latency.p50_ms for r in rows if r.receive_latency.p50_ms is not None]
-    if receive:
-        click.echo(
-            f"  event -> received p50   {statistics.median(receive):.1f} ms (median of topics)"
-        )
+    if counts.receive_p50_ms is not None:
+        rows.append(("event -> received", f"p50 {counts.receive_p50_ms:.1f} ms"))
+    width = max(len(label) for label, _ in rows) + 2
+    lines = ["demo summary (this run)"]
+    lines += [f"  {label:<{width}}{value}" for label, value in rows]
+    return "\n".join(lines)

@@ -1,9 +1,16 @@
-"""Flower with authentication on by default: basic auth with a configured or generated password."""
+"""Flower with authentication always on: basic auth with a configured or generated password.
+
+Flower checks credentials on its pages and API but not on ``/metrics`` and ``/healthcheck``;
+`guard_monitoring` puts those two behind the same check, so no path answers anonymously.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pipeline.config import Settings
 
@@ -45,3 +52,25 @@ def flower_argv(settings: Settings, host: str, port: int, persistent: bool) -> l
         settings.home.mkdir(parents=True, exist_ok=True)
         argv += ["--persistent=True", f"--db={settings.home / 'flower.db'}"]
     return argv
+
+
+def _authenticated(get: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(get)
+    async def guarded(handler: Any, *args: Any, **kwargs: Any) -> Any:
+        from tornado.web import HTTPError
+
+        if not handler.current_user:  # Flower's basic auth raises 401 itself on bad credentials
+            raise HTTPError(401)
+        return await get(handler, *args, **kwargs)
+
+    guarded.__dict__["pipeline_guarded"] = True
+    return guarded
+
+
+def guard_monitoring() -> None:
+    """Require Flower's credentials on ``/metrics`` and ``/healthcheck`` too (idempotent)."""
+    from flower.views import monitor
+
+    for handler in (monitor.Metrics, monitor.Healthcheck):
+        if not getattr(handler.get, "pipeline_guarded", False):
+            handler.get = _authenticated(handler.get)

@@ -124,9 +124,10 @@ def beat(loglevel: str) -> None:
 def flower(host: str, port: int, persistent: bool) -> None:
     """Run Flower (basic auth always on; password from FLOWER_PASSWORD or generated)."""
     from pipeline.celery_app import app, configure
-    from pipeline.cli.flower import flower_argv
+    from pipeline.cli.flower import flower_argv, guard_monitoring
 
     settings = settings_or_exit()
+    guard_monitoring()
     with services(settings):
         configure(app, load_settings())
         app.start(flower_argv(load_settings(), host, port, persistent))

@@ -23,6 +23,8 @@ from pipeline.workflows.templates import glob_regex
 if TYPE_CHECKING:
     from celery import Celery
 
+LISTED = 20  # runs a dry run lists one per line
+PING_TIMEOUT_S = 1.0  # how long replay waits for any worker to answer, to say none runs
 RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 BATCH = 200
@@ -104,6 +106,14 @@ def _dead_pairs(conn: Connection) -> set[tuple[str, int]]:
     return pairs
 
 
+def listing(pairs: list[tuple[str, int]], shown: int = LISTED) -> list[str]:
+    """One line per run for the first ``shown`` runs, then how many more there are."""
+    lines = [f"  route={route} event={event_id}" for route, event_id in pairs[:shown]]
+    if len(pairs) > shown:
+        lines.append(f"  … and {len(pairs) - shown} more")
+    return lines
+
+
 def dispatch_replays(engine: Engine, app: Celery, pairs: list[tuple[str, int]]) -> int:
     """Record the runs, then send them to the workers; returns how many were sent."""
     from pipeline.workflows.runs import claim_runs
@@ -163,14 +173,21 @@ def replay(dry_run: bool, **options: Any) -> None:
         if dry_run or not pairs:
             verb = "would replay" if dry_run else "nothing to replay:"
             click.echo(f"{verb} {len(pairs)} runs of {events} events")
-            for route, event_id in pairs[:20]:
-                click.echo(f"  route={route} event={event_id}")
+            for line in listing(pairs):
+                click.echo(line)
             return
         configure(app, settings)
-        sent = 0
-        with click.progressbar(length=len(pairs), label="replaying") as bar:
+        queued = 0
+        with click.progressbar(length=len(pairs), label="queueing") as bar:
             for start in range(0, len(pairs), BATCH):
                 chunk = pairs[start : start + BATCH]
-                sent += dispatch_replays(engine, app, chunk)
+                queued += dispatch_replays(engine, app, chunk)
                 bar.update(len(chunk))
-        click.echo(f"replayed {sent} runs of {events} events (results go through the outbox)")
+        click.echo(
+            f"queued {queued} runs of {events} events for the workers"
+            " (they run when a worker takes them; results go through the outbox)"
+        )
+        if not app.control.ping(timeout=PING_TIMEOUT_S):
+            click.echo(
+                "no worker answered: the runs wait in the broker until `pipeline worker` starts"
+            )

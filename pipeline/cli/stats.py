@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import click
 
@@ -14,12 +14,16 @@ from pipeline.cli.common import services, settings_or_exit
 from pipeline.config import load_settings
 from pipeline.db import get_engine
 
+# No --until: no upper bound, so events stamped slightly ahead of this clock
+# (PIPELINE_FUTURE_SKEW_S) count too, in a window that starts after now.
+UNBOUNDED = datetime(9999, 1, 1, tzinfo=UTC)
+
 
 @click.command("stats")
 @click.option("--cache", default=None, help="Only this cache.")
 @click.option("--topic", default=None, help="Only topics matching this glob, e.g. 'room-*'.")
 @click.option("--since", default=None, help="ISO time or age (15m, 2h, 7d); default: all.")
-@click.option("--until", default=None, help="ISO time or age (default: now).")
+@click.option("--until", default=None, help="ISO time or age (default: no upper bound).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
     "--refresh/--no-refresh",
@@ -40,7 +44,7 @@ def stats(
     now = datetime.now(UTC)
     try:
         start = parse_when(since, now) if since else datetime.fromtimestamp(0, UTC)
-        end = parse_when(until, now) if until else now + timedelta(days=1)
+        end = parse_when(until, now) if until else None
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     with services(settings):
@@ -50,12 +54,14 @@ def stats(
         if refresh:
             keep_after = retention_cutoff(settings.pipeline_retention_days)
             rollup(engine, window_s, keep_after=keep_after)
-        rows = gather_stats(engine, window_s, since=start, until=end, cache=cache, topic=topic)
+        rows = gather_stats(
+            engine, window_s, since=start, until=end or UNBOUNDED, cache=cache, topic=topic
+        )
     if as_json:
         payload = {
             "window_s": window_s,
             "since": start.isoformat(),
-            "until": end.isoformat(),
+            "until": end.isoformat() if end else None,
             "topics": [row.to_json() for row in rows],
         }
         click.echo(json.dumps(payload, indent=2))

@@ -1,8 +1,12 @@
-"""`pipeline demo` on embedded defaults: the seed scenarios go through and the summary adds up."""
+"""`pipeline demo` on embedded defaults: the seed scenarios go through and the summary adds up.
+
+The demo runs twice on the same data folder: the second summary counts the second run only.
+"""
 
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +18,14 @@ from tests.conftest import embedded_env
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.timeout(300)
-def test_demo_relays_every_message_in_order_and_exits_zero(tmp_path: Path) -> None:
-    env = embedded_env(tmp_path / "home")
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _demo(home: Path, count: int, *, flower: bool) -> str:
+    """One `pipeline demo` on free ports (other suites may run demos beside this one)."""
     result = subprocess.run(
         [
             sys.executable,
@@ -24,31 +33,64 @@ def test_demo_relays_every_message_in_order_and_exits_zero(tmp_path: Path) -> No
             "pipeline.cli",
             "demo",
             "--count",
-            "20",
+            str(count),
             "--rate",
             "40",
             "--receiver-port",
-            "38000",
+            str(_free_port()),
             "--momento-port",
-            "38080",
+            str(_free_port()),
             "--flower-port",
-            "35555",
+            str(_free_port()),
             "--workers",
             "1",
+            "--flower" if flower else "--no-flower",
         ],
         cwd=ROOT,
-        env=env,
+        env=embedded_env(home),
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=200,
         check=False,
     )
     out = result.stdout
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
-    published = int(re.search(r"events published\s+(\d+)", out).group(1))  # type: ignore[union-attr]
-    stored = int(re.search(r"events stored\s+(\d+)", out).group(1))  # type: ignore[union-attr]
-    assert published == stored > 20
-    assert re.search(r"lost \(per sequencer\)\s+0\b", out)
-    assert "relay in sequence order True (20/20)" in out
-    assert re.search(r"received on demo/topic 2\s+20\b", out)
-    assert re.search(r"received on fx/order-results\s+[1-9]", out)
+    return out
+
+
+def _value(out: str, label: str) -> int:
+    found = re.search(rf"^  {re.escape(label)}\s+(\d+)\b", out, re.MULTILINE)
+    assert found, f"no {label!r} in:\n{out}"
+    return int(found.group(1))
+
+
+def _check_run(out: str, count: int) -> int:
+    published = _value(out, "events published")
+    assert _value(out, "events stored") == published > count
+    assert _value(out, "  by webhook") + _value(out, "  by subscription") == published
+    assert _value(out, "lost (per sequencer)") == 0
+    assert re.search(rf"relay in sequence order\s+True \({count}/{count}\)", out)
+    assert _value(out, "received on demo/topic 2") == count
+    assert _value(out, "received on fx/order-results") >= 1
+    return published
+
+
+def _value_columns(out: str) -> set[int]:
+    """Where each summary line's value starts (after its label and at least two spaces)."""
+    lines = out.split("demo summary", 1)[1].splitlines()[1:]
+    found = [re.match(r"^  ( *\S+(?: \S+)*)\s{2,}", line) for line in lines if line.strip()]
+    assert all(found), out
+    return {match.end() for match in found if match}
+
+
+@pytest.mark.timeout(420)
+def test_demo_counts_each_run_on_its_own_data_folder(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first_out = _demo(home, 20, flower=True)
+    first = _check_run(first_out, 20)
+    second_out = _demo(home, 8, flower=False)
+    second = _check_run(second_out, 8)
+    # counted over the whole table, the rerun would report both runs' events and outbox rows
+    assert second < first
+    assert _value(second_out, "outbox rows sent") < _value(first_out, "outbox rows sent")
+    assert len(_value_columns(first_out)) == len(_value_columns(second_out)) == 1, second_out

@@ -220,7 +220,9 @@ def test_permanent_momento_errors_are_dead_lettered_and_replay_sends_once_fixed(
         env = dict(os.environ) | {"PIPELINE_ROUTES": str(routes)}
         dry = run_cli(["replay", "--dead-letters", "--dry-run"], env)
         assert "would replay 2 runs of 2 events" in dry
-        assert "replayed 2 runs of 2 events" in run_cli(["replay", "--dead-letters"], env)
+        queued = run_cli(["replay", "--dead-letters"], env)
+        assert "queued 2 runs of 2 events" in queued
+        assert "no worker answered" not in queued  # a worker runs them
         received = subscriber.collect(1, timeout_s=30, settle_s=2.0)
     assert [m["text"] for m in received] == ["HELLO"]
     assert wait_for(
@@ -228,7 +230,7 @@ def test_permanent_momento_errors_are_dead_lettered_and_replay_sends_once_fixed(
     )
     # The oversized result failed again (same result, same limit): a new dead letter says so.
     assert count_rows(db, "SELECT count(*) FROM dead_letters WHERE resolved_at IS NULL") == 1
-    assert "replayed 1 runs" in run_cli(["replay", "--dead-letters"], env)
+    assert "queued 1 runs" in run_cli(["replay", "--dead-letters"], env)
 
 
 def dead_letter_reasons(db: Settings) -> list[str]:

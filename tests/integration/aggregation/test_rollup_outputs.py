@@ -230,6 +230,7 @@ def test_pipeline_stats_json_and_table(db: Settings) -> None:
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["window_s"] == WINDOW_S
+    assert payload["until"] is None  # no --until: no upper bound, as the help says
     (room,) = payload["topics"]
     assert (room["cache"], room["topic"], room["events"], room["lost"]) == ("chat", "room-1", 8, 2)
     assert (room["resets"], room["duplicates"], room["out_of_order"]) == (1, 1, 1)
@@ -240,6 +241,9 @@ def test_pipeline_stats_json_and_table(db: Settings) -> None:
     assert lines[0].split()[:4] == ["CACHE", "TOPIC", "EVENTS", "LOST"]
     assert lines[2].split()[:5] == ["chat", "room-1", "8", "2", "1"]
     assert "lost chat/room-1 epoch 1: 5-6" in lines
+    bounded = json.loads(run_cli("stats", "--json", "--no-refresh", "--until", "1h").stdout)
+    until = datetime.fromisoformat(bounded["until"])
+    assert abs(until - (datetime.now(UTC) - timedelta(hours=1))) < timedelta(minutes=1)
     bad = run_cli("stats", "--since", "soon")
     assert bad.returncode == 2
     assert "soon" in bad.stderr

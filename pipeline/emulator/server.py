@@ -22,12 +22,14 @@ from momento_wire_types import cachepubsub_pb2_grpc as pubsub_grpc
 from momento_wire_types import controlclient_pb2_grpc as control_grpc
 
 from pipeline.emulator.admin import create_admin_app
+from pipeline.emulator.cache import CacheServicer
+from pipeline.emulator.cache.calls import ItemLimits
 from pipeline.emulator.delivery import Delivery, DeliveryStats, Dispatcher
 from pipeline.emulator.faults import FaultRegistry, FaultSpec
 from pipeline.emulator.generator import Generated, GenerateSpec, generate
 from pipeline.emulator.http_api import create_http_app
 from pipeline.emulator.loop import BackgroundLoop
-from pipeline.emulator.servicers import CacheServicer, ControlServicer, Limits, PubsubServicer
+from pipeline.emulator.servicers import ControlServicer, Limits, PubsubServicer
 from pipeline.emulator.serving import AppServer
 from pipeline.emulator.state import CacheNotFound, Store, TopicSettings
 from pipeline.emulator.topics import Published, Topic
@@ -147,7 +149,10 @@ class EmulatorServer:
         server = grpc.server(ThreadPoolExecutor(workers, "emulator-rpc"), options=grpc_options())
         registrations: list[tuple[Callable[[Any, Any], None], Any]] = [
             (control_grpc.add_ScsControlServicer_to_server, ControlServicer(self.store)),
-            (cache_grpc.add_ScsServicer_to_server, CacheServicer(self.store, self._limits)),
+            (
+                cache_grpc.add_ScsServicer_to_server,
+                CacheServicer(self.store, ItemLimits(self._limits.max_item_bytes)),
+            ),
             (pubsub_grpc.add_PubsubServicer_to_server, pubsub),
         ]
         for register, servicer in registrations:

@@ -7,13 +7,17 @@ store's lock for the length of one call, so each call is atomic as on Momento.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import secrets
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from pipeline.emulator.topics import Mailbox, Published, Topic, TopicRetired
 
@@ -29,7 +33,6 @@ class SortedSet(dict[bytes, float]):
 
 
 Value = bytes | list[bytes] | dict[bytes, bytes] | set[bytes] | SortedSet
-V = TypeVar("V", list[bytes], dict[bytes, bytes], set[bytes], SortedSet)
 
 KIND_NAMES: dict[type, str] = {
     bytes: "scalar",
@@ -86,15 +89,17 @@ class Keyspace:
             raise WrongType(key, kind_of(item.value), "scalar")
         return item.value
 
-    def collection(self, key: bytes, kind: type[V]) -> Item | None:
+    def collection(self, key: bytes, kind: type[Value]) -> Item | None:
         """The item under ``key`` if it holds a ``kind``; WrongType if it holds another type."""
         item = self.find(key)
         if item is not None and type(item.value) is not kind:
             raise WrongType(key, kind_of(item.value), KIND_NAMES[kind])
         return item
 
-    def write_collection(self, key: bytes, kind: type[V], ttl_ms: int, refresh_ttl: bool) -> V:
-        """The ``kind`` under ``key`` for writing, created empty if absent. Momento's
+    def write_collection(
+        self, key: bytes, kind: type[Value], ttl_ms: int, refresh_ttl: bool
+    ) -> Item:
+        """The ``kind`` item under ``key`` for writing, created empty if absent. Momento's
         CollectionTtl: a new collection lives ``ttl_ms``; an existing one gets ``ttl_ms`` from
         now only when ``refresh_ttl`` is set."""
         item = self.collection(key, kind)
@@ -104,8 +109,13 @@ class Keyspace:
             self._items[key] = item
         elif refresh_ttl:
             item.expires_at = expires_at
-        value: V = item.value  # type: ignore[assignment]  # checked by collection()
-        return value
+        return item
+
+    def refresh(self, key: bytes, ttl_ms: int) -> None:
+        """Give the item under ``key`` ``ttl_ms`` from now."""
+        item = self._items.get(key)
+        if item is not None:
+            item.expires_at = self.now + ttl_ms / 1000.0
 
     def drop_if_empty(self, key: bytes) -> None:
         """Remove a collection left empty (Momento forgets empty collections)."""
@@ -140,6 +150,37 @@ class Cache:
     topics: dict[str, Topic] = field(default_factory=dict)
 
 
+class SigningKeys:
+    """Signing keys the control plane hands out: kept and listed until they expire or are
+    revoked. Nothing on this server checks URLs signed with them."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._lock = threading.Lock()
+        self._expiry_s: dict[str, int] = {}
+        self._clock = clock
+
+    def create(self, ttl_minutes: int) -> tuple[str, int]:
+        """A new key (a JSON Web Key) and its expiry in epoch seconds."""
+        key_id = uuid.uuid4().hex
+        expires_at = int(self._clock()) + ttl_minutes * 60
+        secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+        key = json.dumps({"kty": "oct", "alg": "HS256", "kid": key_id, "k": secret})
+        with self._lock:
+            self._expiry_s[key_id] = expires_at
+        return key, expires_at
+
+    def revoke(self, key_id: str) -> None:
+        """Forget a key; revoking an unknown key is fine."""
+        with self._lock:
+            self._expiry_s.pop(key_id, None)
+
+    def list(self) -> list[tuple[str, int]]:
+        """(key id, expiry) of every live key."""
+        now = self._clock()
+        with self._lock:
+            return [(kid, exp) for kid, exp in self._expiry_s.items() if exp > now]
+
+
 class Store:
     """Every cache of one emulator; all methods are thread-safe."""
 
@@ -150,6 +191,7 @@ class Store:
         self._caches: dict[str, Cache] = {}
         self._topic_settings = topic_settings
         self._clock = clock
+        self.signing_keys = SigningKeys()
 
     def create_cache(self, name: str) -> bool:
         """Create a cache; False if it already exists."""

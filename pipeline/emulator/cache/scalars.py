@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,6 +49,31 @@ def _condition_holds(request: Any, items: Keyspace) -> bool:
     raise BadRequest("SetIf needs a condition")
 
 
+def value_hash(value: bytes) -> bytes:
+    """The hash GetWithHash returns and SetIfHash compares (opaque to clients; Momento does not
+    say which function it uses, so SHA-256 here)."""
+    return hashlib.sha256(value).digest()
+
+
+def _hash_condition_holds(request: Any, items: Keyspace) -> bool:
+    """Whether a SetIfHash's condition holds (a collection is 'present' with no hash)."""
+    condition = request.WhichOneof("condition")
+    if condition == "unconditional":
+        return True
+    item = items.find(request.cache_key)
+    current = value_hash(item.value) if item is not None and isinstance(item.value, bytes) else None
+    if condition is None:
+        raise BadRequest("SetIfHash needs a condition")
+    expected: bytes = getattr(request, condition).hash_to_check
+    if condition == "present_and_hash_equal":
+        return current == expected
+    if condition == "present_and_not_hash_equal":
+        return item is not None and current != expected
+    if condition == "absent_or_hash_equal":
+        return item is None or current == expected
+    return item is None or current != expected  # absent_or_not_hash_equal
+
+
 def _remaining_ms(item: Item, items: Keyspace) -> int:
     return max(0, round((item.expires_at - items.now) * 1000))
 
@@ -91,6 +117,24 @@ class ScalarCalls(Calls):
                 return pb._SetIfResponse(not_stored=pb._SetIfResponse._NotStored())
             items.put(request.cache_key, request.cache_body, request.ttl_milliseconds)
         return pb._SetIfResponse(stored=pb._SetIfResponse._Stored())
+
+    def GetWithHash(self, request: Any, context: Context) -> pb._GetWithHashResponse:
+        with self._items(context) as items:
+            value = items.scalar(request.cache_key)
+        if value is None:
+            return pb._GetWithHashResponse(missing=pb._GetWithHashResponse._Missing())
+        found = pb._GetWithHashResponse._Found(value=value, hash=value_hash(value))
+        return pb._GetWithHashResponse(found=found)
+
+    def SetIfHash(self, request: Any, context: Context) -> pb._SetIfHashResponse:
+        self._check_size(context, len(request.cache_key) + len(request.cache_body))
+        with self._items(context) as items:
+            require_ttl(request.ttl_milliseconds)
+            if not _hash_condition_holds(request, items):
+                return pb._SetIfHashResponse(not_stored=pb._SetIfHashResponse._NotStored())
+            items.put(request.cache_key, request.cache_body, request.ttl_milliseconds)
+        stored = pb._SetIfHashResponse._Stored(new_hash=value_hash(request.cache_body))
+        return pb._SetIfHashResponse(stored=stored)
 
     def Increment(self, request: Any, context: Context) -> pb._IncrementResponse:
         with self._items(context) as items:

@@ -18,8 +18,13 @@ from momento.responses import (
     CacheSetIfNotExists,
 )
 from momento_wire_types import cacheclient_pb2 as pb
+from momento_wire_types import cacheclient_pb2_grpc as cache_grpc
 from momento_wire_types import common_pb2
+from momento_wire_types import controlclient_pb2 as control_pb
+from momento_wire_types import controlclient_pb2_grpc as control_grpc
 
+from pipeline.emulator import EmulatorServer
+from pipeline.emulator.cache import CacheServicer
 from tests.integration.emulator.conftest import DATA_CACHE, RawCache
 from tests.integration.emulator_support import unique
 
@@ -178,13 +183,53 @@ def test_zero_ttl_is_an_invalid_argument(raw: RawCache) -> None:
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_get_with_hash_and_set_if_hash(raw: RawCache, sdk: CacheClient) -> None:
+    key = unique("hash").encode()
+    missing = raw("GetWithHash", pb._GetWithHashRequest(cache_key=key))
+    assert missing.WhichOneof("result") == "missing"
+
+    def set_if_hash(value: bytes, **condition: object) -> pb._SetIfHashResponse:
+        request = pb._SetIfHashRequest(cache_key=key, cache_body=value, ttl_milliseconds=60_000)
+        for name, message in condition.items():
+            getattr(request, name).CopyFrom(message)
+        return raw("SetIfHash", request)
+
+    first = set_if_hash(b"v1", absent_or_hash_equal=common_pb2.AbsentOrHashEqual())
+    assert first.WhichOneof("result") == "stored"
+    found = raw("GetWithHash", pb._GetWithHashRequest(cache_key=key)).found
+    assert (found.value, found.hash) == (b"v1", first.stored.new_hash)
+    stale = common_pb2.PresentAndHashEqual(hash_to_check=b"not-the-hash")
+    assert set_if_hash(b"v2", present_and_hash_equal=stale).WhichOneof("result") == "not_stored"
+    fresh = common_pb2.PresentAndHashEqual(hash_to_check=found.hash)
+    assert set_if_hash(b"v2", present_and_hash_equal=fresh).WhichOneof("result") == "stored"
+    got = sdk.get(DATA_CACHE, key)
+    assert isinstance(got, CacheGet.Hit)
+    assert got.value_bytes == b"v2"
+
+
+def test_every_cache_call_is_served() -> None:
+    generated = {name for name in vars(cache_grpc.ScsServicer) if not name.startswith("_")}
+    missing = {name for name in generated if name not in vars_of_mro(CacheServicer)}
+    assert generated
+    assert missing == set()
+
+
+def vars_of_mro(cls: type) -> set[str]:
+    """Names defined by ``cls`` and its bases other than the generated servicer."""
+    return {
+        name for base in cls.__mro__ if base is not cache_grpc.ScsServicer for name in vars(base)
+    }
+
+
 def test_an_unserved_call_is_unimplemented_with_one_log_line(
-    raw: RawCache, caplog: pytest.LogCaptureFixture
+    data_emu: EmulatorServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING), pytest.raises(grpc.RpcError) as caught:
-        raw("GetWithHash", pb._GetWithHashRequest(cache_key=b"k"))
+    with grpc.insecure_channel(f"127.0.0.1:{data_emu.port}") as channel:
+        control = control_grpc.ScsControlStub(channel)
+        with caplog.at_level(logging.WARNING), pytest.raises(grpc.RpcError) as caught:
+            control.ListIndexes(control_pb._ListIndexesRequest(), timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    lines = [r for r in caplog.records if "GetWithHash" in r.getMessage()]
+    lines = [r for r in caplog.records if "ListIndexes" in r.getMessage()]
     assert len(lines) == 1
     assert lines[0].exc_info is None
 

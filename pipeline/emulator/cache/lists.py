@@ -7,18 +7,17 @@ from typing import Any, cast
 
 from momento_wire_types import cacheclient_pb2 as pb
 
-from pipeline.emulator.cache.calls import BadRequest, Calls, Context, require_ttl
+from pipeline.emulator.cache.calls import Calls, Context, require_ttl
 from pipeline.emulator.state import Keyspace
 
 
 def _bounds(request: Any) -> slice:
-    """The request's [start, end) as a slice; negative indexes count from the end."""
+    """The request's [start, end) as a slice: negative indexes count from the end, and a start
+    past the end selects nothing (the proto's own examples are Python slices)."""
     start = (
         request.inclusive_start if request.WhichOneof("start_index") == "inclusive_start" else None
     )
     end = request.exclusive_end if request.WhichOneof("end_index") == "exclusive_end" else None
-    if start is not None and end is not None and (start >= 0) == (end >= 0) and start > end:
-        raise BadRequest(f"start index {start} is after end index {end}")
     return slice(start, end)
 
 

@@ -33,14 +33,20 @@ class SetCalls(Calls):
         return pb._SetUnionResponse()
 
     def SetDifference(self, request: Any, context: Context) -> pb._SetDifferenceResponse:
-        """Remove elements (the subtrahend) from the stored set, or the whole set (identity)."""
+        """stored - request (a subtrahend: elements, or the set itself, which deletes it), or
+        request - stored (a minuend), as the proto defines them."""
         with self._items(context) as items:
-            if request.WhichOneof("difference") != "subtrahend":
-                raise BadRequest("SetDifference with a minuend is not served; send a subtrahend")
+            how = request.WhichOneof("difference")
+            if how is None:
+                raise BadRequest("SetDifference needs a minuend or a subtrahend")
             stored = _stored(items, request.set_name)
             if stored is None:
                 return pb._SetDifferenceResponse(missing=pb._SetDifferenceResponse._Missing())
-            if request.subtrahend.WhichOneof("subtrahend_set") == "identity":
+            if how == "minuend":
+                remaining = set(request.minuend.elements) - stored
+                stored.clear()
+                stored.update(remaining)
+            elif request.subtrahend.WhichOneof("subtrahend_set") == "identity":
                 stored.clear()
             else:
                 stored.difference_update(request.subtrahend.set.elements)

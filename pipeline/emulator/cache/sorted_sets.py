@@ -56,8 +56,6 @@ def _by_index(ordered: list[tuple[bytes, float]], by: Any) -> list[tuple[bytes, 
 def _by_score(ordered: list[tuple[bytes, float]], by: Any) -> list[tuple[bytes, float]]:
     low: Bound = (by.min_score.score, by.min_score.exclusive) if by.HasField("min_score") else None
     high: Bound = (by.max_score.score, by.max_score.exclusive) if by.HasField("max_score") else None
-    if low is not None and high is not None and low[0] > high[0]:
-        raise BadRequest(f"min score {low[0]} is above max score {high[0]}")
     chosen = [pair for pair in ordered if _within(pair[1], low, high)][by.offset :]
     return chosen if by.count < 0 else chosen[: by.count]
 

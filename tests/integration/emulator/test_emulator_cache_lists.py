@@ -99,6 +99,8 @@ def test_fetch_range_retain_and_erase(raw: RawCache, sdk: CacheClient) -> None:
         "ListFetch", pb._ListFetchRequest(list_name=key, inclusive_start=2, exclusive_end=-2)
     )
     assert list(window.found.values) == [b"2", b"3", b"4", b"5"]
+    backwards = pb._ListFetchRequest(list_name=key, inclusive_start=-2, exclusive_end=-6)
+    assert list(raw("ListFetch", backwards).found.values) == []  # as the proto's examples say
     retain = pb._ListRetainRequest(list_name=key, inclusive_start=1, exclusive_end=7)
     assert raw("ListRetain", retain).found.list_length == 6
     assert _fetch(sdk, name) == ["1", "2", "3", "4", "5", "6"]

@@ -55,3 +55,16 @@ def test_a_set_call_on_a_list_is_a_failed_precondition(sdk: CacheClient) -> None
     sdk.list_push_back(DATA_CACHE, name, "x")
     wrong = sdk.set_add_element(DATA_CACHE, name, "x")
     assert wrong.error_code == MomentoErrorCode.FAILED_PRECONDITION_ERROR  # type: ignore[attr-defined]
+
+
+def test_difference_with_a_minuend_keeps_what_the_request_has_and_the_set_lacks(
+    sdk: CacheClient, raw: RawCache
+) -> None:
+    name = unique("minuend")
+    sdk.set_add_elements(DATA_CACHE, name, {"a", "b"})
+    request = pb._SetDifferenceRequest(set_name=name.encode())
+    request.minuend.elements.extend([b"b", b"c", b"d"])
+    assert raw("SetDifference", request).WhichOneof("set") == "found"
+    fetched = sdk.set_fetch(DATA_CACHE, name)
+    assert isinstance(fetched, CacheSetFetch.Hit)
+    assert fetched.value_set_string == {"c", "d"}

@@ -203,6 +203,7 @@ def emulator_process() -> Iterator[int]:
         "--port",
         "0",
         "--no-admin",
+        "--no-http",
         "--cache",
         CACHE,
         "--idle-reset-s",

@@ -266,7 +266,8 @@ class Bench:
         a = self.args
         self.children.pipeline(
             "emulator", "emulator", "--port", str(self.grpc_port), "--admin-port",
-            str(self.admin_port), "--cache", CACHE, "--cache", NAIVE_CACHE, "--idle-reset-s", "0",
+            str(self.admin_port), "--no-http", "--cache", CACHE, "--cache", NAIVE_CACHE,
+            "--idle-reset-s", "0",
         )  # fmt: skip
         wait_until(lambda: httpx.get(f"{self.admin}/healthz").status_code == 200, 30, "emulator")
         for n in range(a.workers):

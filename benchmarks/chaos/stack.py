@@ -130,6 +130,7 @@ class Stack:
             "--port",
             str(self.momento_port),
             "--no-admin",
+            "--no-http",
             "--idle-reset-s",
             "0",
             "--retain",

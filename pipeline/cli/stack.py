@@ -38,6 +38,7 @@ class StackOptions:
     receiver_port: int = 8000
     momento_port: int = 8080
     momento_admin_port: int = 8081
+    momento_http_port: int = 8082
     flower_port: int = 5555
     workers: int = 1
     concurrency: int = 2
@@ -54,6 +55,7 @@ class Stack:
     receiver_url: str
     momento_address: str | None
     momento_admin_url: str | None
+    momento_http_url: str | None
     flower_url: str | None
     flower_user: str
     flower_password: str | None
@@ -164,11 +166,12 @@ def _start_children(
     options: StackOptions, settings: Settings, urls: ServiceUrls, supervisor: Supervisor
 ) -> Stack:
     host = options.host
-    momento_address = admin_url = None
+    momento_address = admin_url = http_url = None
     local = settings.momento_api_key is None
     if local and settings.momento_local is None:
         port = _free(host, options.momento_port)
         admin_port = _free(host, options.momento_admin_port)
+        http_port = _free(host, options.momento_http_port)
         supervisor.python(
             "momento-local",
             "emulator",
@@ -178,8 +181,11 @@ def _start_children(
             str(port),
             "--admin-port",
             str(admin_port),
+            "--http-port",
+            str(http_port),
         )
         admin_url = f"http://{host}:{admin_port}"
+        http_url = f"http://{host}:{http_port}"
         _wait_http(f"{admin_url}/healthz", supervisor, "local Momento server")
         momento_address = f"{host}:{port}"
         os.environ["MOMENTO_LOCAL"] = momento_address
@@ -222,6 +228,7 @@ def _start_children(
         receiver_url=receiver_url,
         momento_address=momento_address,
         momento_admin_url=admin_url,
+        momento_http_url=http_url,
         flower_url=flower_url,
         flower_user=settings.flower_user,
         flower_password=password,
@@ -256,7 +263,8 @@ def describe(stack: Stack) -> list[str]:
     ]
     if stack.momento_address:
         lines.append(
-            f"momento    local server {stack.momento_address}  (admin {stack.momento_admin_url})"
+            f"momento    local server {stack.momento_address}  (admin {stack.momento_admin_url}, "
+            f"HTTP API {stack.momento_http_url})"
         )
     else:
         lines.append("momento    real Momento (MOMENTO_API_KEY)")

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 from typing import Any, Protocol
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -190,36 +188,3 @@ def create_admin_app(emulator: Emulator) -> Starlette:
             Route("/topics/{cache}/{topic}/generate", generate, methods=["POST"]),
         ]
     )
-
-
-class AdminServer:
-    """Serves the admin app with uvicorn as a task on the emulator's event loop."""
-
-    def __init__(self, emulator: Emulator) -> None:
-        self._app = create_admin_app(emulator)
-        self._server: uvicorn.Server | None = None
-        self._task: Any = None
-
-    async def start(self, host: str, port: int) -> int:
-        """Bind (port 0 picks one), start serving and return the bound port."""
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-        config = uvicorn.Config(self._app, log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
-        bound: int = sock.getsockname()[1]
-        return bound
-
-    async def stop(self) -> None:
-        """Stop accepting and finish open requests."""
-        if self._server is None:
-            return
-        self._server.should_exit = True
-        await self._task

@@ -55,6 +55,27 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 )
 @click.option("--no-admin", is_flag=True, help="Do not start the admin HTTP API.")
 @click.option(
+    "--http-port",
+    default=8082,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port of Momento's HTTP API (cache get/set/delete, topic publish and long poll).",
+)
+@click.option("--no-http", is_flag=True, help="Do not start Momento's HTTP API.")
+@click.option(
+    "--api-key",
+    metavar="KEY",
+    envvar="MOMENTO_LOCAL_API_KEY",
+    help="The only token the HTTP API accepts (default: any non-empty token).",
+)
+@click.option(
+    "--http-poll-s",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 300),
+    help="Longest wait of an HTTP topic long poll before it answers with no items.",
+)
+@click.option(
     "--cache",
     "caches",
     multiple=True,
@@ -168,6 +189,10 @@ def emulator(
     port: int,
     admin_port: int,
     no_admin: bool,
+    http_port: int,
+    no_http: bool,
+    api_key: str | None,
+    http_poll_s: float,
     caches: tuple[str, ...],
     webhooks_file: Path | None,
     webhooks: tuple[str, ...],
@@ -193,6 +218,8 @@ def emulator(
     """
     if port == 443:
         raise click.BadParameter("443 makes the Momento SDK use TLS", param_hint="--port")
+    if api_key is not None and not api_key:
+        raise click.BadParameter("must not be empty", param_hint="--api-key")
     entries = [_parse_webhook(value) for value in webhooks]
     try:
         registrations = load_registrations(webhooks_file) if webhooks_file else Registrations()
@@ -202,6 +229,9 @@ def emulator(
         host,
         port,
         admin_port=None if no_admin else admin_port,
+        http_port=None if no_http else http_port,
+        api_key=api_key,
+        http_poll_s=http_poll_s,
         idle_reset_s=idle_reset_s,
         heartbeat_s=heartbeat_s,
         retain=retain,
@@ -247,7 +277,10 @@ def emulator(
 
 
 def _announce(server: EmulatorServer, made: list[tuple[WebhookEntry, str]]) -> None:
-    click.echo(f"emulator ready grpc={server.address} admin={server.admin_url or 'off'}")
+    click.echo(
+        f"emulator ready grpc={server.address} admin={server.admin_url or 'off'} "
+        f"http={server.http_url or 'off'}"
+    )
     click.echo(f"MOMENTO_LOCAL={server.address}")
     for entry, secret in made:
         shown = secret if entry.secret is None else "(as given)"

@@ -21,12 +21,16 @@ from momento_wire_types import cachepubsub_pb2 as pubsub_pb
 from momento_wire_types import cachepubsub_pb2_grpc as pubsub_grpc
 from momento_wire_types import controlclient_pb2_grpc as control_grpc
 
-from pipeline.emulator.admin import AdminServer
+from pipeline.emulator.admin import create_admin_app
+from pipeline.emulator.cache import CacheServicer
+from pipeline.emulator.cache.calls import ItemLimits
 from pipeline.emulator.delivery import Delivery, DeliveryStats, Dispatcher
 from pipeline.emulator.faults import FaultRegistry, FaultSpec
 from pipeline.emulator.generator import Generated, GenerateSpec, generate
+from pipeline.emulator.http_api import create_http_app
 from pipeline.emulator.loop import BackgroundLoop
-from pipeline.emulator.servicers import CacheServicer, ControlServicer, Limits, PubsubServicer
+from pipeline.emulator.servicers import ControlServicer, Limits, PubsubServicer
+from pipeline.emulator.serving import AppServer
 from pipeline.emulator.state import CacheNotFound, Store, TopicSettings
 from pipeline.emulator.topics import Published, Topic
 from pipeline.emulator.webhooks import Webhook, WebhookRegistry
@@ -58,7 +62,9 @@ class EmulatorServer:
     under a new page (0 disables). ``retain``: items kept per topic for resume. ``fresh_replay``:
     recent items a subscription without a resume point receives first (Momento sends the latest).
     ``subscriber_queue``: items buffered per slow subscriber before it gets a discontinuity.
-    ``admin_port``: None disables the admin API, 0 picks a free port.
+    ``admin_port``: None disables the admin API, 0 picks a free port. ``http_port``: Momento's
+    HTTP API (None disables it, 0 picks a free port); ``api_key``: the only token it accepts
+    (None: any non-empty token); ``http_poll_s``: how long a topic long poll waits for an item.
     """
 
     def __init__(
@@ -67,6 +73,9 @@ class EmulatorServer:
         port: int = 8080,
         *,
         admin_port: int | None = 0,
+        http_port: int | None = None,
+        api_key: str | None = None,
+        http_poll_s: float = 30.0,
         idle_reset_s: float = 600.0,
         heartbeat_s: float = 4.0,
         retain: int = 1024,
@@ -85,6 +94,9 @@ class EmulatorServer:
         self.host = host
         self._requested_port = port
         self._admin_port = admin_port
+        self._http_port = http_port
+        self._api_key = api_key
+        self._http_poll_s = http_poll_s
         self._limits = Limits(
             max_publish_bytes=max_publish_bytes,
             max_item_bytes=max_item_bytes,
@@ -99,12 +111,14 @@ class EmulatorServer:
         self._dispatcher = Dispatcher(
             self._loop, self.webhooks, self.faults, timeout_s=webhook_timeout_s
         )
-        self._admin: AdminServer | None = None
+        self._admin: AppServer | None = None
+        self._http: AppServer | None = None
         self._grpc: Any = None
         self._stopping = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, name="emulator-sweep", daemon=True)
         self.port = 0
         self.admin_url: str | None = None
+        self.http_url: str | None = None
 
     @property
     def address(self) -> str:
@@ -121,7 +135,12 @@ class EmulatorServer:
         except BaseException:
             self.stop(0)
             raise
-        logger.info("emulator listening grpc=%s admin=%s", self.address, self.admin_url)
+        logger.info(
+            "emulator listening grpc=%s admin=%s http=%s",
+            self.address,
+            self.admin_url,
+            self.http_url,
+        )
         return self
 
     def _start(self) -> None:
@@ -130,7 +149,10 @@ class EmulatorServer:
         server = grpc.server(ThreadPoolExecutor(workers, "emulator-rpc"), options=grpc_options())
         registrations: list[tuple[Callable[[Any, Any], None], Any]] = [
             (control_grpc.add_ScsControlServicer_to_server, ControlServicer(self.store)),
-            (cache_grpc.add_ScsServicer_to_server, CacheServicer(self.store, self._limits)),
+            (
+                cache_grpc.add_ScsServicer_to_server,
+                CacheServicer(self.store, ItemLimits(self._limits.max_item_bytes)),
+            ),
             (pubsub_grpc.add_PubsubServicer_to_server, pubsub),
         ]
         for register, servicer in registrations:
@@ -145,9 +167,13 @@ class EmulatorServer:
         self._loop.start()
         self._loop.run(self._dispatcher.open())
         if self._admin_port is not None:
-            self._admin = AdminServer(self)
+            self._admin = AppServer(create_admin_app(self))
             admin_port = self._loop.run(self._admin.start(self.host, self._admin_port))
             self.admin_url = f"http://{self.host}:{admin_port}"
+        if self._http_port is not None:
+            self._http = AppServer(create_http_app(self, self._api_key, self._http_poll_s))
+            http_port = self._loop.run(self._http.start(self.host, self._http_port))
+            self.http_url = f"http://{self.host}:{http_port}"
         self._sweeper.start()
 
     def stop(self, grace_s: float = 0.5) -> None:
@@ -158,8 +184,9 @@ class EmulatorServer:
         if self._grpc is not None:
             self._grpc.stop(grace_s).wait(grace_s + 5)
         if self._loop.loop.is_running():
-            if self._admin is not None:
-                self._loop.run(self._admin.stop())
+            for app_server in (self._http, self._admin):
+                if app_server is not None:
+                    self._loop.run(app_server.stop())
             self._loop.run(self._dispatcher.aclose())
         self._loop.stop()
         if self._sweeper.is_alive():
@@ -215,15 +242,18 @@ class EmulatorServer:
         """Force a sequence reset now (new page, numbering from 1); returns the new page."""
         return self.store.topic(cache, topic).reset("forced")
 
-    def publish_text(self, cache: str, topic: str, text: str) -> bool:
+    def publish(self, cache: str, topic: str, value: pubsub_pb._TopicValue) -> bool:
         """Publish as a gRPC ``Publish`` does (numbering, fan-out, webhook); False if the topic
         took nothing (its cache was deleted meanwhile). Raises CacheNotFound."""
-        value = pubsub_pb._TopicValue(text=text)
         found, published = self.store.publish(cache, topic, value)
         if published is None:
             return False
         self._on_publish(found, value, published)
         return True
+
+    def publish_text(self, cache: str, topic: str, text: str) -> bool:
+        """``publish`` of a text message."""
+        return self.publish(cache, topic, pubsub_pb._TopicValue(text=text))
 
     def generate(self, cache: str, spec: GenerateSpec) -> Generated:
         """Publish ``spec``'s paced messages into topics of ``cache`` (blocks until done or
@@ -248,6 +278,16 @@ class EmulatorServer:
     def max_publish_bytes(self) -> int:
         """The largest topic message this server accepts."""
         return self._limits.max_publish_bytes
+
+    @property
+    def max_item_bytes(self) -> int:
+        """The largest cache item (key plus value) this server accepts."""
+        return self._limits.max_item_bytes
+
+    @property
+    def subscriber_queue(self) -> int:
+        """Messages buffered per subscriber (a long poll's largest answer)."""
+        return self._limits.subscriber_queue
 
     def webhook_stats(self, cache: str, topic: str) -> DeliveryStats:
         """Delivery counters of the webhook of (cache, topic)."""

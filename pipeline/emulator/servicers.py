@@ -1,4 +1,5 @@
-"""gRPC servicers on the momento_wire_types bases: control, cache data plane and pub/sub.
+"""gRPC servicers on the momento_wire_types bases: control and pub/sub (the cache data plane is
+the ``cache`` package).
 
 Status codes follow MOMENTO.md section D so the official SDK maps them as the real service's.
 """
@@ -12,14 +13,13 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
-from momento_wire_types import cacheclient_pb2 as cache_pb
-from momento_wire_types import cacheclient_pb2_grpc as cache_grpc
 from momento_wire_types import cachepubsub_pb2 as pubsub_pb
 from momento_wire_types import cachepubsub_pb2_grpc as pubsub_grpc
 from momento_wire_types import common_pb2
 from momento_wire_types import controlclient_pb2 as control_pb
 from momento_wire_types import controlclient_pb2_grpc as control_grpc
 
+from pipeline.emulator.cache.calls import unimplemented
 from pipeline.emulator.state import CacheNotFound, Store
 from pipeline.emulator.topics import HEARTBEAT, Mailbox, Published, Topic
 
@@ -57,7 +57,11 @@ def _require_name(context: Context, what: str, value: str) -> None:
 
 
 class ControlServicer(control_grpc.ScsControlServicer):
-    """CreateCache / ListCaches / DeleteCache / FlushCache; the name is in the request body."""
+    """Caches (create, list, delete, flush) and signing keys; names are in the request body."""
+
+    CreateIndex = unimplemented("CreateIndex")
+    DeleteIndex = unimplemented("DeleteIndex")
+    ListIndexes = unimplemented("ListIndexes")
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -79,63 +83,35 @@ class ControlServicer(control_grpc.ScsControlServicer):
         caches = [control_pb._Cache(cache_name=name) for name in self._store.list_caches()]
         return control_pb._ListCachesResponse(cache=caches)
 
+    def CreateSigningKey(
+        self, request: Any, context: Context
+    ) -> control_pb._CreateSigningKeyResponse:
+        if request.ttl_minutes <= 0:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "ttl_minutes must be > 0")
+        key, expires_at = self._store.signing_keys.create(request.ttl_minutes)
+        return control_pb._CreateSigningKeyResponse(key=key, expires_at=expires_at)
+
+    def ListSigningKeys(
+        self, request: Any, context: Context
+    ) -> control_pb._ListSigningKeysResponse:
+        keys = [
+            control_pb._SigningKey(key_id=key_id, expires_at=expires_at)
+            for key_id, expires_at in self._store.signing_keys.list()
+        ]
+        return control_pb._ListSigningKeysResponse(signing_key=keys)
+
+    def RevokeSigningKey(
+        self, request: Any, context: Context
+    ) -> control_pb._RevokeSigningKeyResponse:
+        self._store.signing_keys.revoke(request.key_id)
+        return control_pb._RevokeSigningKeyResponse()
+
     def FlushCache(self, request: Any, context: Context) -> control_pb._FlushCacheResponse:
         try:
             self._store.flush_cache(request.cache_name)
         except CacheNotFound:
             _not_found(context, request.cache_name)
         return control_pb._FlushCacheResponse()
-
-
-def _cache_header(context: Context) -> str:
-    for key, value in context.invocation_metadata():
-        if key == "cache":
-            return str(value)
-    _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "missing cache header")
-
-
-class CacheServicer(cache_grpc.ScsServicer):
-    """Get / Set / Delete; the cache name is in the ``cache`` metadata header."""
-
-    def __init__(self, store: Store, limits: Limits) -> None:
-        self._store = store
-        self._limits = limits
-
-    def Get(self, request: Any, context: Context) -> cache_pb._GetResponse:
-        cache = _cache_header(context)
-        try:
-            value = self._store.get(cache, request.cache_key)
-        except CacheNotFound:
-            _not_found(context, cache)
-        if value is None:
-            return cache_pb._GetResponse(result=cache_pb.Miss)
-        return cache_pb._GetResponse(result=cache_pb.Hit, cache_body=value)
-
-    def Set(self, request: Any, context: Context) -> cache_pb._SetResponse:
-        cache = _cache_header(context)
-        if request.ttl_milliseconds <= 0:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "ttl_milliseconds must be > 0")
-        size = len(request.cache_key) + len(request.cache_body)
-        if size > self._limits.max_item_bytes:
-            _abort(
-                context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"item of {size} bytes exceeds {self._limits.max_item_bytes}",
-                "item_size_limit_exceeded",
-            )
-        try:
-            self._store.set(cache, request.cache_key, request.cache_body, request.ttl_milliseconds)
-        except CacheNotFound:
-            _not_found(context, cache)
-        return cache_pb._SetResponse(result=cache_pb.Ok)
-
-    def Delete(self, request: Any, context: Context) -> cache_pb._DeleteResponse:
-        cache = _cache_header(context)
-        try:
-            self._store.delete(cache, request.cache_key)
-        except CacheNotFound:
-            _not_found(context, cache)
-        return cache_pb._DeleteResponse()
 
 
 class PubsubServicer(pubsub_grpc.PubsubServicer):

@@ -67,7 +67,17 @@ class Mailbox:
         self._last = last_sequence
         self._dropping = False
         self._closed = False
+        self._listener: Callable[[], None] | None = None
         self.overflows = 0
+
+    def set_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (from the publishing thread) whenever entries arrive or the mailbox
+        closes; at once if some are already waiting. Lets an event loop wait without a thread."""
+        with self._cond:
+            self._listener = listener
+            ready = bool(self._entries) or self._closed
+        if ready:
+            listener()
 
     def offer(self, entry: Entry, sequence_number: int, page: int) -> None:
         """Queue an item entry, or drop it and remember the gap if the subscriber is behind."""
@@ -85,6 +95,9 @@ class Mailbox:
             self._entries.append(entry)
             self._last = sequence_number
             self._cond.notify()
+            listener = self._listener
+        if listener is not None:
+            listener()
 
     def push(self, entry: Entry, last_sequence: int) -> None:
         """Queue a control entry (a discontinuity) regardless of capacity."""
@@ -93,6 +106,9 @@ class Mailbox:
             self._last = last_sequence
             self._dropping = False
             self._cond.notify()
+            listener = self._listener
+        if listener is not None:
+            listener()
 
     def take(self, timeout_s: float) -> list[Entry] | None:
         """All queued entries; ``[]`` after ``timeout_s`` idle; ``None`` once closed."""
@@ -105,11 +121,21 @@ class Mailbox:
             self._entries.clear()
             return batch
 
+    def take_now(self) -> list[Entry]:
+        """All queued entries, without waiting."""
+        with self._cond:
+            batch = list(self._entries)
+            self._entries.clear()
+            return batch
+
     def close(self) -> None:
         """Wake the stream and make it finish (the RPC is already over or the server stops)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            listener = self._listener
+        if listener is not None:
+            listener()
 
 
 class Topic:

@@ -54,6 +54,19 @@ def test_up_runs_everything_embedded_and_stops_without_orphans(tmp_path: Path) -
                 receiver = line.split()[1]
         assert receiver, "".join(lines[-40:])
         assert any(line.startswith("flower ") and "login admin / " in line for line in lines)
+        momento = next(line for line in lines if line.startswith("momento "))
+        admin = momento.split("(admin ")[1].split(",")[0]
+        http_api = momento.split("HTTP API ")[1].split(")")[0]
+        assert httpx.post(f"{admin}/caches/up-http", timeout=5).status_code == 201
+        put = httpx.put(
+            f"{http_api}/cache/up-http?key=k&ttl_seconds=60",
+            headers={"Authorization": "any"},
+            content=b"v",
+            timeout=5,
+        )
+        assert put.status_code == 204, put.text
+        got = httpx.get(f"{http_api}/cache/up-http?key=k&token=any", timeout=5)
+        assert got.content == b"v"
         children = psutil.Process(process.pid).children(recursive=True)
         assert len(children) >= 5  # momento-local, receiver, worker, beat, flower (+ pool, stores)
         broker = next(line.split()[1] for line in lines if line.startswith("broker "))

@@ -309,6 +309,8 @@ def test_emulator_process_serves_the_sdk_and_stops_on_sigterm() -> None:
             "0",
             "--admin-port",
             "0",
+            "--http-port",
+            "0",
             "--cache",
             CACHE,
         ],
@@ -320,10 +322,18 @@ def test_emulator_process_serves_the_sdk_and_stops_on_sigterm() -> None:
     try:
         assert proc.stdout is not None
         ready = proc.stdout.readline()
-        match = re.search(r"grpc=127\.0\.0\.1:(\d+) admin=(\S+)", ready)
+        match = re.search(r"grpc=127\.0\.0\.1:(\d+) admin=(\S+) http=(\S+)", ready)
         assert match, ready
-        port, admin = int(match.group(1)), match.group(2)
+        port, admin, http = int(match.group(1)), match.group(2), match.group(3)
         assert httpx.get(f"{admin}/healthz", timeout=5).json()["ok"] is True
+        put = httpx.put(
+            f"{http}/cache/{CACHE}",
+            params={"key": "from-http", "ttl_seconds": "60"},
+            headers={"Authorization": "any"},
+            content=b"hello",
+            timeout=5,
+        )
+        assert put.status_code == 204, put.text
         topic = unique("process")
         with topic_client(port) as topics, cache_client(port) as cache:
             sub = subscription(topics.subscribe(CACHE, topic))
@@ -333,6 +343,9 @@ def test_emulator_process_serves_the_sdk_and_stops_on_sigterm() -> None:
             sub.unsubscribe()
             cache.set(CACHE, "k", "v")
             got = cache.get(CACHE, "k")
+            from_http = cache.get(CACHE, "from-http")
+        assert isinstance(from_http, CacheGet.Hit)
+        assert from_http.value_bytes == b"hello"
         assert [i.sequence_number for i in items] == list(range(1, 11))
         assert isinstance(got, CacheGet.Hit)
         proc.send_signal(signal.SIGTERM)

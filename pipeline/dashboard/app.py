@@ -89,10 +89,14 @@ def _when(value: datetime | None) -> str:
     return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
+def _from_ms(value: int | None) -> str:
+    return "-" if value is None else _when(datetime.fromtimestamp(value / 1000, UTC))
+
+
 def templates() -> Jinja2Templates:
     """The page templates, with the dashboard's formatting filters."""
     found = Jinja2Templates(directory=HERE / "templates")
-    found.env.filters.update(age=_age, ms=_ms, when=_when)
+    found.env.filters.update(age=_age, ms=_ms, when=_when, from_ms=_from_ms)
     return found
 
 

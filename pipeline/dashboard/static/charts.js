@@ -13,12 +13,20 @@
             columns: (d) => [d.times, d.lost] },
   };
   const plots = {};
+  let xrange = [0, 1];
+  // From the first window shown to now: one window on its own would otherwise span years.
+  function span(data) {
+    const now = Date.now() / 1000;
+    const first = data.times.length ? data.times[0] : now - data.window_s;
+    return [Math.min(first, now - data.window_s), now + data.window_s / 2];
+  }
   function draw(data) {
+    xrange = span(data);
     for (const [name, spec] of Object.entries(specs)) {
       const columns = spec.columns(data);
       if (plots[name]) { plots[name].setData(columns); continue; }
       plots[name] = new uPlot({ width: width(), height: 200, series: spec.series,
-                                scales: { x: { time: true } } },
+                                scales: { x: { time: true, range: () => xrange } } },
                               columns, document.getElementById("chart-" + name));
     }
   }

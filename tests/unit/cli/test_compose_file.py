@@ -15,7 +15,16 @@ from pipeline.config import Settings
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
-APP_SERVICES = ["migrate", "receiver", "worker", "listener", "beat", "flower", "momento-local"]
+APP_SERVICES = [
+    "migrate",
+    "receiver",
+    "worker",
+    "listener",
+    "beat",
+    "flower",
+    "dashboard",
+    "momento-local",
+]
 IMAGE_ENV = {"POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD"}
 
 

@@ -106,9 +106,13 @@ def run(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         with beat(env):
             emu.create_cache(CACHE)
             emu.register_webhook(CACHE, TOPIC, receiver.url + WEBHOOK_PATH, TEST_SECRET)
+            stats = lambda: emu.webhook_stats(CACHE, TOPIC)  # noqa: E731
             _publish(emu, [f"order {i}" for i in range(1, 5)])
+            # Deliveries are decided asynchronously: the fault covers exactly one of them.
+            assert wait_for(lambda: stats().attempted == 4, 30)
             emu.set_faults(CACHE, TOPIC, drop=1.0)
             _publish(emu, ["order 5 (dropped on the way)"])
+            assert wait_for(lambda: stats().dropped == 1, 30)
             emu.clear_faults()
             _publish(emu, ["order 6", "boom", *[f"order {i}" for i in range(8, 13)]])
             assert wait_for(lambda: _count(settings, "SELECT count(*) FROM events") == 11, 30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -10,8 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -25,6 +29,8 @@ from pipeline.dashboard.probes import ReceiverScraper
 
 if TYPE_CHECKING:
     from celery import Celery
+
+logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 REFRESH_S = 5.0
@@ -100,6 +106,14 @@ def templates() -> Jinja2Templates:
     return found
 
 
+async def _database_down(request: Request, exc: Exception) -> Response:
+    logger.warning("database unreachable path=%s error=%s", request.url.path, exc)
+    return PlainTextResponse(
+        "the database is unreachable; this page will work again once it is back",
+        status_code=503,
+    )
+
+
 def create_app(
     settings: Settings,
     *,
@@ -140,6 +154,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[Middleware(BasicAuthMiddleware, credentials=state.credentials)],
+        exception_handlers={OperationalError: _database_down},
     )
     app.state.dashboard = state
     app.state.templates = templates()

@@ -59,12 +59,16 @@ class Dashboard:
     def refresh_rollups(self) -> None:
         """Bring roll-ups up to date at most every REFRESH_S (incremental, like `pipeline
         stats`), so totals are live without waiting for beat's next run."""
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            return  # another page is refreshing: this one shows the roll-ups as they are
+        try:
             if time.monotonic() - self._rolled_at < REFRESH_S:
                 return
             keep_after = retention_cutoff(self.settings.pipeline_retention_days)
             rollup(self.engine, self.window_s, keep_after=keep_after)
             self._rolled_at = time.monotonic()
+        finally:
+            self._lock.release()
 
     def workers(self) -> list[str] | None:
         """Workers answering a ping, asked at most every WORKERS_CACHE_S."""

@@ -104,7 +104,7 @@ class ReceiverScraper:
                     continue
                 if sample.labels.get("outcome") == "accepted":
                     accepted += sample.value
-                else:
+                elif sample.value:
                     rejections[sample.labels.get("reason", "unknown")] += int(sample.value)
         now = time.monotonic()
         rate = None

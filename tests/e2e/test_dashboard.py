@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from pipeline.config import Settings
@@ -49,6 +50,7 @@ class Run:
 
     settings: Settings
     dashboard_url: str
+    receiver_url: str
     broken_file: Path
     env: dict[str, str]
     shots: Path
@@ -121,6 +123,12 @@ def run(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             assert wait_for(lambda: _count(settings, dead) == 1, 60)
             sent = "SELECT count(*) FROM outbox WHERE status = 'sent'"
             assert wait_for(lambda: _count(settings, sent) == 10, 30)
+            forged = httpx.post(
+                receiver.url + WEBHOOK_PATH,
+                content=b"{}",
+                headers={"content-type": "application/json", "momento-signature": "forged"},
+            )
+            assert forged.status_code == 401
             routed = settings.model_copy(update={"pipeline_routes": routes})
             dashboard = ReceiverServer(
                 create_dashboard(routed, user=USER, password=PASSWORD, receiver_url=receiver.url)
@@ -128,6 +136,7 @@ def run(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             yield Run(
                 settings=settings,
                 dashboard_url=dashboard.url,
+                receiver_url=receiver.url,
                 broken_file=broken,
                 env=dict(os.environ) | env,
                 shots=shots,
@@ -167,6 +176,19 @@ def shoot(page: Page, run: Run, name: str) -> Path:
     path = run.shots / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def receiver_rejections(run: Run) -> dict[str, str]:
+    """Rejected webhooks by code, read from the receiver's /metrics."""
+    counts: dict[str, int] = {}
+    body = httpx.get(run.receiver_url + "/metrics").text
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            rejected = sample.labels.get("outcome") not in (None, "accepted")
+            if sample.name == "pipeline_webhook_requests_total" and rejected and sample.value:
+                reason = sample.labels["reason"]
+                counts[reason] = counts.get(reason, 0) + int(sample.value)
+    return {reason: str(n) for reason, n in counts.items()}
 
 
 def stats_json(run: Run) -> dict[str, Any]:
@@ -223,6 +245,12 @@ def test_overview_numbers_equal_pipeline_stats_json(run: Run, page: Page) -> Non
     assert "lost" in row.locator("td").first.inner_text()  # flagged as trouble, on top
     assert page.locator("#topics tbody tr").first.get_attribute("data-topic") == TOPIC
     expect(page.locator("#workers-up")).to_contain_text("1 up")
+    # The receiver's counters are per process: in a full run they include other tests' requests.
+    shown_rejections = dict(
+        line.split("\t") for line in page.locator("#rejections tr").all_inner_texts()
+    )
+    assert shown_rejections == receiver_rejections(run)
+    assert int(shown_rejections["bad_signature"]) >= 1
     shoot(page, run, "overview")
 
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from pipeline.dashboard.app import Dashboard
 
 SERIES_HOURS = 6
+MAX_REPLAYS_KEPT = 50
 
 
 def _state(request: Request) -> Dashboard:
@@ -203,6 +204,8 @@ async def replay(request: Request) -> Response:
     await run_in_threadpool(letters.start_replay, state.engine, state.celery, pairs)
     job = secrets.token_urlsafe(8)
     state.replays[job] = pairs
+    while len(state.replays) > MAX_REPLAYS_KEPT:  # dicts keep insertion order: oldest first
+        del state.replays[next(iter(state.replays))]
     return RedirectResponse(request.url_for("replay_status", job=job), status_code=303)
 
 

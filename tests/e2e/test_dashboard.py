@@ -301,7 +301,9 @@ def test_a_dead_letter_replayed_from_the_page_is_sent(run: Run, page: Page) -> N
     shoot(page, run, "dead-letters")
     letters.locator("input[type=checkbox]").check()
     page.click("#replay-selected")
-    expect(page.locator("#replay-count")).to_contain_text("Replay 1 runs of 1 events")
+    expect(page.locator("#replay-count")).to_contain_text(
+        "Replay 1 run of 1 event (1 dead letter chosen)"
+    )
     shoot(page, run, "replay-confirm")
     page.click("#confirm-replay")
     expect(page.locator("#replay-progress")).to_have_attribute("data-done", "yes", timeout=30000)

@@ -119,6 +119,7 @@ class DatabaseCollector(Collector):
             rollups = conn.execute(text(_ROLLUP_SQL)).all()
             outbox = conn.execute(text(_OUTBOX_SQL)).one()
             dead = conn.execute(text(_DEAD_LETTER_SQL)).all()
+            leases = conn.execute(text(_LEASE_SQL)).all()
             conn.rollback()
         labels = ["cache", "topic"]
         families: list[Metric] = []
@@ -169,7 +170,14 @@ class DatabaseCollector(Collector):
         )
         for row in dead:
             letters.add_metric([row.kind], float(row.n))
-        return [*families, age, lag, rollup_age, backlog, pending, oldest, letters]
+        unheld = GaugeMetricFamily(
+            "pipeline_subscription_unheld_seconds",
+            "Seconds a subscribed topic has had no live listener (0 while one holds it).",
+            labels=labels,
+        )
+        for row in leases:
+            unheld.add_metric([row.cache, row.topic], float(row.unheld_s or 0.0))
+        return [*families, age, lag, rollup_age, backlog, pending, oldest, letters, unheld]
 
 
 _OUTBOX_SQL = """
@@ -178,6 +186,13 @@ FROM outbox WHERE status = 'pending'
 """
 _DEAD_LETTER_SQL = """
 SELECT kind, count(*) AS n FROM dead_letters WHERE resolved_at IS NULL GROUP BY kind
+"""
+
+_LEASE_SQL = """
+SELECT cache, topic,
+    CASE WHEN holder IS NOT NULL AND expires_at > now() THEN 0
+        ELSE extract(epoch FROM now() - coalesce(expires_at, updated_at)) END::float8 AS unheld_s
+FROM subscription_leases
 """
 
 _registered: dict[int, DatabaseCollector] = {}

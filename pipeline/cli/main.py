@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pipeline.cli.common import configure_logging, services, settings_or_exit
+from pipeline.cli.dashboard import dashboard
 from pipeline.cli.listen import listen
 from pipeline.cli.replay import replay
 from pipeline.cli.stats import stats
@@ -176,6 +177,8 @@ def stack_options(func: Callable[..., None]) -> Callable[..., None]:
         click.option("--momento-port", type=int, default=8080, show_default=True),
         click.option("--flower-port", type=int, default=5555, show_default=True),
         click.option("--flower/--no-flower", default=True, show_default=True),
+        click.option("--dashboard-port", type=int, default=8050, show_default=True),
+        click.option("--dashboard/--no-dashboard", default=True, show_default=True),
     ]
     for option in reversed(options):
         func = option(func)
@@ -200,14 +203,22 @@ def _options(quiet: bool = False, **kwargs: Any) -> StackOptions:
 @stack_options
 def up(**kwargs: Any) -> None:
     """Run the whole pipeline until Ctrl-C: stores, migrations, local Momento, receiver,
-    workers, beat, Flower, and a listener when the routes file has [[subscriptions]] (embedded
-    defaults when no URLs are configured)."""
-    from pipeline.cli.stack import describe, prepare_routes, running_stack, start_listener
+    workers, beat, Flower, the dashboard, and a listener when the routes file has
+    [[subscriptions]] (embedded defaults when no URLs are configured)."""
+    from pipeline.cli.stack import (
+        describe,
+        prepare_routes,
+        running_stack,
+        start_dashboard,
+        start_listener,
+    )
 
     settings_or_exit()
     with running_stack(_options(**kwargs)) as stack:
         prepare_routes(stack)
         start_listener(stack)
+        if kwargs["dashboard"]:
+            start_dashboard(stack, kwargs["dashboard_port"])
         for line in describe(stack):
             click.echo(line)
         click.echo("Ctrl-C stops everything.")
@@ -242,12 +253,14 @@ def up(**kwargs: Any) -> None:
 def demo(count: int, rate: float, timeout_s: float, **kwargs: Any) -> None:
     """Run the whole pipeline, publish the seed scenarios with the Momento SDK, print a summary."""
     from pipeline.cli.demo import run_demo
-    from pipeline.cli.stack import describe, running_stack
+    from pipeline.cli.stack import describe, running_stack, start_dashboard
 
     settings_or_exit()
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger().setLevel(logging.WARNING)  # the summary is the output; -v for more
     with running_stack(_options(quiet=True, **kwargs)) as stack:
+        if kwargs["dashboard"]:
+            start_dashboard(stack, kwargs["dashboard_port"])
         for line in describe(stack):
             click.echo(line)
         ok = run_demo(stack, count, rate, timeout_s)
@@ -264,6 +277,7 @@ def _register_optional_commands() -> None:
 
 
 cli.add_command(stats)
+cli.add_command(dashboard)
 cli.add_command(replay)
 cli.add_command(listen)
 _register_optional_commands()

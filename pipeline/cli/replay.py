@@ -9,25 +9,17 @@ sent (its dead letter marked resolved), so a replay after a fix delivers what fa
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
-from sqlalchemy import Connection, Engine, select
 
-from pipeline.models import DeadLetter, Event
-from pipeline.workflows.routes import RouteTable
-from pipeline.workflows.templates import glob_regex
-
-if TYPE_CHECKING:
-    from celery import Celery
+from pipeline.workflows.replays import BATCH, Selection, dispatch_replays, select_runs
 
 LISTED = 20  # runs a dry run lists one per line
 PING_TIMEOUT_S = 1.0  # how long replay waits for any worker to answer, to say none runs
 RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-BATCH = 200
 
 
 def parse_time(value: str, now: datetime | None = None) -> datetime:
@@ -45,84 +37,12 @@ def parse_time(value: str, now: datetime | None = None) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class Selection:
-    """Which stored events to replay, and for which routes."""
-
-    routes: tuple[str, ...] = ()
-    cache: str | None = None
-    topic: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    from_seq: int | None = None
-    to_seq: int | None = None
-    dead_letters: bool = False
-    limit: int | None = None
-
-
-def select_runs(conn: Connection, table: RouteTable, chosen: Selection) -> list[tuple[str, int]]:
-    """(route, event id) pairs to replay, in event order."""
-    query = select(Event.id, Event.cache, Event.topic).order_by(Event.id)
-    if chosen.cache:
-        query = query.where(Event.cache.regexp_match(glob_regex(chosen.cache)))
-    if chosen.topic:
-        query = query.where(Event.topic.regexp_match(glob_regex(chosen.topic)))
-    if chosen.since:
-        query = query.where(Event.received_at >= chosen.since)
-    if chosen.until:
-        query = query.where(Event.received_at < chosen.until)
-    if chosen.from_seq is not None:
-        query = query.where(Event.topic_sequence_number >= chosen.from_seq)
-    if chosen.to_seq is not None:
-        query = query.where(Event.topic_sequence_number <= chosen.to_seq)
-    dead: set[tuple[str, int]] | None = None
-    if chosen.dead_letters:
-        dead = _dead_pairs(conn)
-        query = query.where(Event.id.in_({event_id for _, event_id in dead}))
-    pairs = []
-    for row in conn.execute(query):
-        for route in table.matching(row.cache, row.topic):
-            if chosen.routes and route.name not in chosen.routes:
-                continue
-            if dead is not None and (route.name, row.id) not in dead:
-                continue
-            pairs.append((route.name, int(row.id)))
-            if chosen.limit is not None and len(pairs) >= chosen.limit:
-                return pairs
-    return pairs
-
-
-def _dead_pairs(conn: Connection) -> set[tuple[str, int]]:
-    rows = conn.execute(
-        select(DeadLetter.payload).where(
-            DeadLetter.kind.in_(("workflow", "publish")), DeadLetter.resolved_at.is_(None)
-        )
-    ).scalars()
-    pairs = set()
-    for payload in rows:
-        route, event_id = payload.get("route"), payload.get("event_id")
-        if isinstance(route, str) and isinstance(event_id, int):
-            pairs.add((route, event_id))
-    return pairs
-
-
 def listing(pairs: list[tuple[str, int]], shown: int = LISTED) -> list[str]:
     """One line per run for the first ``shown`` runs, then how many more there are."""
     lines = [f"  route={route} event={event_id}" for route, event_id in pairs[:shown]]
     if len(pairs) > shown:
         lines.append(f"  … and {len(pairs) - shown} more")
     return lines
-
-
-def dispatch_replays(engine: Engine, app: Celery, pairs: list[tuple[str, int]]) -> int:
-    """Record the runs, then send them to the workers; returns how many were sent."""
-    from pipeline.workflows.runs import claim_runs
-
-    with engine.begin() as conn:
-        claimed = claim_runs(conn, pairs, again=True)
-    for route, event_id in claimed:
-        app.send_task("tasks.workflows.run", args=(route, event_id, "replay"))
-    return len(claimed)
 
 
 def _time(ctx: Any, param: Any, value: str | None) -> datetime | None:

@@ -344,3 +344,21 @@ def start_listener(stack: Stack, timeout_s: float = 30.0) -> None:
             raise ServiceError(f"the listener did not open its {len(topics)} subscriptions")
         time.sleep(0.2)
     stack.notes.append(f"listener   {len(topics)} subscribed topic(s) (pipeline listen)")
+
+
+def start_dashboard(stack: Stack, port: int = 8050) -> None:
+    """Start `pipeline dashboard` behind Flower's login, next to the receiver, and say where."""
+    from urllib.parse import urlsplit
+
+    from pipeline.cli.flower import flower_password
+
+    host = urlsplit(stack.receiver_url).hostname or "127.0.0.1"
+    port = _free(host, port)
+    stack.supervisor.python(
+        "dashboard", "dashboard", "--host", host, "--port", str(port),
+        "--receiver-url", stack.receiver_url,
+    )  # fmt: skip
+    url = f"http://{host}:{port}"
+    _wait_http(f"{url}/healthz", stack.supervisor, "dashboard")
+    password = stack.flower_password or flower_password(stack.settings)
+    stack.notes.append(f"dashboard  {url}   login {stack.flower_user} / {password}")

@@ -65,13 +65,19 @@ class QueueDepthCollector(Collector):
         depth = GaugeMetricFamily(
             "pipeline_queue_depth_messages", "Messages waiting in a Celery queue.", labels=["queue"]
         )
+        # celery-exporter's name for the same figure, so its dashboards and alerts work as-is.
+        length = GaugeMetricFamily(
+            "celery_queue_length", "Messages waiting in a Celery queue.", labels=["queue_name"]
+        )
         up = GaugeMetricFamily("pipeline_queue_depth_up", "1 if the broker answered the scrape.")
         try:
             for queue, count in self.depths().items():
                 depth.add_metric([queue], float(count))
+                length.add_metric([queue], float(count))
             up.add_metric([], 1.0)
         except Exception as exc:  # a scrape must answer even when the broker is down
             logger.warning("queue depth scrape failed error=%r", exc)
             up.add_metric([], 0.0)
         yield depth
+        yield length
         yield up

@@ -23,7 +23,12 @@ from tests.conftest import embedded_env, wait_for
 @pytest.mark.timeout(240)
 def test_up_runs_everything_embedded_and_stops_without_orphans(tmp_path: Path) -> None:
     env = embedded_env(tmp_path / "home")
-    ports = {"--receiver-port": "18000", "--momento-port": "18080", "--flower-port": "15555"}
+    ports = {
+        "--receiver-port": "18000",
+        "--momento-port": "18080",
+        "--flower-port": "15555",
+        "--dashboard-port": "18050",
+    }
     process = subprocess.Popen(
         [
             sys.executable,
@@ -67,8 +72,12 @@ def test_up_runs_everything_embedded_and_stops_without_orphans(tmp_path: Path) -
         assert put.status_code == 204, put.text
         got = httpx.get(f"{http_api}/cache/up-http?key=k&token=any", timeout=5)
         assert got.content == b"v"
+        dashboard = next(line.split() for line in lines if line.startswith("dashboard "))
+        assert dashboard[2:4] == ["login", "admin"], dashboard
+        assert httpx.get(dashboard[1]).status_code == 401
+        assert httpx.get(dashboard[1], auth=("admin", dashboard[5])).status_code == 200
         children = psutil.Process(process.pid).children(recursive=True)
-        assert len(children) >= 5  # momento-local, receiver, worker, beat, flower (+ pool, stores)
+        assert len(children) >= 6  # momento-local, receiver, worker, beat, flower, dashboard, …
         broker = next(line.split()[1] for line in lines if line.startswith("broker "))
         probe = Celery("probe")
         # Celery prefers $CELERY_BROKER_URL (the test session's broker) to an argument.

@@ -257,6 +257,14 @@ def test_database_gauges_on_a_scrape(db: Settings) -> None:
     with session_scope(db) as session:
         dead_letter(session, "publish", "cache not found", {"n": 1})
         dead_letter(session, "publish", "message too large", {"n": 2})
+    with get_engine(db).begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO subscription_leases (cache, topic, holder, expires_at) VALUES"
+                " ('w', 'held', 'l1', now() + interval '5 s'),"
+                " ('w', 'orphan', NULL, now() - interval '40 s')"
+            )
+        )
     registry = CollectorRegistry()
     assert register_db_collector(db, registry) is register_db_collector(db, registry)
     from prometheus_client import generate_latest
@@ -281,6 +289,9 @@ def test_database_gauges_on_a_scrape(db: Settings) -> None:
     assert samples[("pipeline_dead_letters", (("kind", "publish"),))] == 2
     assert samples[("pipeline_outbox_pending_messages", ())] == 0
     assert samples[("pipeline_outbox_oldest_pending_age_seconds", ())] == 0
+    unheld = "pipeline_subscription_unheld_seconds"
+    assert samples[(unheld, (("cache", "w"), ("topic", "held")))] == 0
+    assert 40 <= samples[(unheld, (("cache", "w"), ("topic", "orphan")))] < 100
 
 
 def test_a_scrape_without_a_database_reports_down(settings: Settings) -> None:

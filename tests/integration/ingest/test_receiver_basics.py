@@ -229,6 +229,7 @@ def test_health_ready_metrics_and_openapi(
     assert 'pipeline_webhook_requests_total{outcome="accepted",reason=""}' in metrics
     assert "pipeline_ingest_batch_size_events_bucket" in metrics
     assert 'pipeline_queue_depth_messages{queue="ingest"}' in metrics
+    assert 'celery_queue_length{queue_name="ingest"}' in metrics
     assert "pipeline_queue_depth_up 1.0" in metrics
     assert "pipeline_db_metrics_up 1.0" in metrics
     spec = httpx.get(f"{receiver.url}/openapi.json").json()

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[3]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 DEV: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.dev.yml").read_text())["services"]
-APP_SERVICES = ["migrate", "receiver", "worker", "listener", "beat", "flower"]
+APP_SERVICES = ["migrate", "receiver", "worker", "listener", "beat", "flower", "dashboard"]
 IMAGE_ENV = {"POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD"}
 
 

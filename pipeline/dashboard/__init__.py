@@ -1,0 +1,1 @@
+"""The live dashboard (`pipeline dashboard`): server-rendered pages over the pipeline's tables."""

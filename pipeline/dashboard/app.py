@@ -1,0 +1,165 @@
+"""The dashboard's Starlette app: its state, its routes, basic auth around all of it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from pipeline.aggregation.retention import retention_cutoff
+from pipeline.aggregation.rollups import rollup
+from pipeline.config import Settings
+from pipeline.dashboard import pages
+from pipeline.dashboard.auth import BasicAuthMiddleware, Credentials
+from pipeline.dashboard.probes import ReceiverScraper
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+logger = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+REFRESH_S = 5.0
+WORKERS_CACHE_S = 5.0
+
+
+@dataclass
+class Dashboard:
+    """What the pages share: settings, the database, the login, probes and running replays."""
+
+    settings: Settings
+    engine: Engine
+    credentials: Credentials
+    receiver: ReceiverScraper
+    celery: Celery
+    replays: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    _rolled_at: float = 0.0
+    _workers: tuple[float, list[str] | None] = (0.0, None)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def window_s(self) -> int:
+        """The roll-up window the totals and charts use."""
+        return self.settings.pipeline_rollup_window_s
+
+    def refresh_rollups(self) -> None:
+        """Bring roll-ups up to date at most every REFRESH_S (incremental, like `pipeline
+        stats`), so totals are live without waiting for beat's next run."""
+        if not self._lock.acquire(blocking=False):
+            return  # another page is refreshing: this one shows the roll-ups as they are
+        try:
+            if time.monotonic() - self._rolled_at < REFRESH_S:
+                return
+            keep_after = retention_cutoff(self.settings.pipeline_retention_days)
+            rollup(self.engine, self.window_s, keep_after=keep_after)
+            self._rolled_at = time.monotonic()
+        finally:
+            self._lock.release()
+
+    def workers(self) -> list[str] | None:
+        """Workers answering a ping, asked at most every WORKERS_CACHE_S."""
+        from pipeline.dashboard.probes import workers_up
+
+        asked_at, names = self._workers
+        if time.monotonic() - asked_at > WORKERS_CACHE_S:
+            names = workers_up(self.settings)
+            self._workers = (time.monotonic(), names)
+        return names
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _from_ms(value: int | None) -> str:
+    return "-" if value is None else _when(datetime.fromtimestamp(value / 1000, UTC))
+
+
+def templates() -> Jinja2Templates:
+    """The page templates, with the dashboard's formatting filters."""
+    found = Jinja2Templates(directory=HERE / "templates")
+    found.env.filters.update(age=_age, ms=_ms, when=_when, from_ms=_from_ms)
+    return found
+
+
+async def _database_down(request: Request, exc: Exception) -> Response:
+    logger.warning("database unreachable path=%s error=%s", request.url.path, exc)
+    return PlainTextResponse(
+        "the database is unreachable; this page will work again once it is back",
+        status_code=503,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    user: str,
+    password: str,
+    receiver_url: str | None = None,
+    celery: Celery | None = None,
+) -> Starlette:
+    """The dashboard for ``settings``' database and broker, behind ``user``/``password``."""
+    from pipeline.celery_app import app as default_app
+    from pipeline.celery_app import configure
+    from pipeline.db import get_engine
+
+    if celery is None:
+        celery = default_app
+        configure(celery, settings)
+    state = Dashboard(
+        settings=settings,
+        engine=get_engine(settings),
+        credentials=Credentials(user, password),
+        receiver=ReceiverScraper(receiver_url),
+        celery=celery,
+    )
+    routes: list[Any] = [
+        Route("/healthz", pages.healthz),
+        Route("/", pages.overview),
+        Route("/partials/overview", pages.overview_partial),
+        Route("/topics/{cache}/{topic:path}", pages.topic),
+        Route("/api/series/{cache}/{topic:path}", pages.series),
+        Route("/events", pages.events),
+        Route("/events/{event_id:int}", pages.trace),
+        Route("/dead-letters", pages.dead_letters),
+        Route("/dead-letters/replay", pages.replay, methods=["POST"]),
+        Route("/replays/{job}", pages.replay_status),
+        Route("/partials/replays/{job}", pages.replay_partial),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(BasicAuthMiddleware, credentials=state.credentials)],
+        exception_handlers={OperationalError: _database_down},
+    )
+    app.state.dashboard = state
+    app.state.templates = templates()
+    return app

@@ -8,33 +8,16 @@ sent (its dead letter marked resolved), so a replay after a fix delivers what fa
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 
+from pipeline.aggregation.stats import parse_when
 from pipeline.workflows.replays import BATCH, Selection, dispatch_replays, select_runs
 
 LISTED = 20  # runs a dry run lists one per line
 PING_TIMEOUT_S = 1.0  # how long replay waits for any worker to answer, to say none runs
-RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-def parse_time(value: str, now: datetime | None = None) -> datetime:
-    """An ISO 8601 time (UTC if no zone) or an age like ``15m``, ``2h``, ``1d``."""
-    found = RELATIVE.match(value.strip())
-    if found:
-        ago = timedelta(**{UNITS[found.group(2)]: float(found.group(1))})
-        return (now or datetime.now(UTC)) - ago
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(
-            f"expected an ISO 8601 time or an age like 15m/2h/1d, got {value!r}"
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def listing(pairs: list[tuple[str, int]], shown: int = LISTED) -> list[str]:
@@ -49,7 +32,7 @@ def _time(ctx: Any, param: Any, value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        return parse_time(value)
+        return parse_when(value, datetime.now(UTC))  # the same times as `pipeline stats`
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
 

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
+import kombu.exceptions
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
@@ -103,10 +105,16 @@ def _from_ms(value: int | None) -> str:
     return "-" if value is None else _when(datetime.fromtimestamp(value / 1000, UTC))
 
 
+def _path_part(value: str) -> str:
+    """A cache or topic name as one URL path segment (``url_for`` does not quote: a topic
+    holding ``#``, ``?`` or ``%`` would link elsewhere)."""
+    return quote(value, safe="")
+
+
 def templates() -> Jinja2Templates:
     """The page templates, with the dashboard's formatting filters."""
     found = Jinja2Templates(directory=HERE / "templates")
-    found.env.filters.update(age=_age, ms=_ms, when=_when, from_ms=_from_ms)
+    found.env.filters.update(age=_age, ms=_ms, when=_when, from_ms=_from_ms, part=_path_part)
     return found
 
 
@@ -114,6 +122,14 @@ async def _database_down(request: Request, exc: Exception) -> Response:
     logger.warning("database unreachable path=%s error=%s", request.url.path, exc)
     return PlainTextResponse(
         "the database is unreachable; this page will work again once it is back",
+        status_code=503,
+    )
+
+
+async def _broker_down(request: Request, exc: Exception) -> Response:
+    logger.warning("broker unreachable path=%s error=%s", request.url.path, exc)
+    return PlainTextResponse(
+        "the broker is unreachable; nothing was queued, try again once it is back",
         status_code=503,
     )
 
@@ -158,7 +174,10 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[Middleware(BasicAuthMiddleware, credentials=state.credentials)],
-        exception_handlers={OperationalError: _database_down},
+        exception_handlers={
+            OperationalError: _database_down,
+            kombu.exceptions.OperationalError: _broker_down,
+        },
     )
     app.state.dashboard = state
     app.state.templates = templates()

@@ -31,6 +31,8 @@ def _condition_holds(request: Any, items: Keyspace) -> bool:
     """Whether a SetIf's condition holds for the current item (a collection is 'present' and
     equal to no value)."""
     condition = request.WhichOneof("condition")
+    if condition is None:
+        raise BadRequest("SetIf needs a condition")
     item = items.find(request.cache_key)
     current = item.value if item is not None and isinstance(item.value, bytes) else None
     if condition == "present":
@@ -46,7 +48,7 @@ def _condition_holds(request: Any, items: Keyspace) -> bool:
         return item is not None and current != expected
     if condition == "absent_or_equal":
         return item is None or current == expected
-    raise BadRequest("SetIf needs a condition")
+    raise BadRequest(f"SetIf condition {condition} is not known")
 
 
 def value_hash(value: bytes) -> bytes:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline.cli.replay import parse_time
 from pipeline.models import OutboxKind, OutboxStatus
 from pipeline.outbound.outbox_sql import envelope
 from pipeline.sequencing.rules import Delivery, SequencePolicy, advance
@@ -141,12 +139,3 @@ def test_retired_epochs_release_everything_and_unknown_epochs_nothing() -> None:
     state = fed(1, 2, 3)
     assert release_limit(state, 0) is None  # older than every epoch the cursor holds
     assert release_limit(state, 2) == -1  # an epoch the sequencer has not seen
-
-
-def test_replay_times_are_iso_or_ages() -> None:
-    now = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
-    assert parse_time("15m", now) == datetime(2026, 1, 2, 11, 45, tzinfo=UTC)
-    assert parse_time("1d", now) == datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-    assert parse_time("2026-01-02T10:00:00") == datetime(2026, 1, 2, 10, 0, tzinfo=UTC)
-    with pytest.raises(ValueError, match="ISO 8601 time or an age"):
-        parse_time("yesterday")

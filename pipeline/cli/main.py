@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pipeline.cli.check import check, preflight
 from pipeline.cli.common import configure_logging, services, settings_or_exit
 from pipeline.cli.listen import listen
 from pipeline.cli.replay import replay
 from pipeline.cli.stats import stats
 from pipeline.config import load_settings
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 
 if TYPE_CHECKING:
     from pipeline.cli.stack import StackOptions
@@ -43,7 +44,7 @@ def db_upgrade(revision: str) -> None:
     from pipeline.cli import migrate
 
     settings = settings_or_exit()
-    with services(settings):
+    with services(settings, broker=False, migrated=False):
         migrate.upgrade(load_settings(), revision)
     click.echo(f"database at {revision}")
 
@@ -55,7 +56,7 @@ def db_downgrade(revision: str) -> None:
     from pipeline.cli import migrate
 
     settings = settings_or_exit()
-    with services(settings):
+    with services(settings, broker=False, migrated=False, create=False):
         migrate.downgrade(load_settings(), revision)
     click.echo(f"database at {revision}")
 
@@ -105,7 +106,7 @@ def beat(loglevel: str) -> None:
     from pipeline.celery_app import app, configure
 
     settings = settings_or_exit()
-    with services(settings):
+    with services(settings, database=False):
         configure(app, load_settings())
         schedule = settings.home / "celerybeat-schedule"
         settings.home.mkdir(parents=True, exist_ok=True)
@@ -127,7 +128,7 @@ def flower(host: str, port: int, persistent: bool) -> None:
     from pipeline.cli.flower import flower_argv
 
     settings = settings_or_exit()
-    with services(settings):
+    with services(settings, database=False):
         configure(app, load_settings())
         app.start(flower_argv(load_settings(), host, port, persistent))
 
@@ -145,7 +146,7 @@ def receiver(host: str, port: int, workers: int) -> None:
         raise click.UsageError(
             "PIPELINE_WEBHOOK_SECRETS is empty: the receiver would reject every webhook"
         )
-    with services(settings):
+    with services(settings, migrated=False):
         uvicorn.run(
             "pipeline.ingest.receiver:app_from_env",
             factory=True,
@@ -197,20 +198,42 @@ def _options(quiet: bool = False, **kwargs: Any) -> StackOptions:
 
 @cli.command()
 @stack_options
-def up(**kwargs: Any) -> None:
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Stream every child's log here (default: files under the data folder's logs/).",
+)
+def up(verbose: bool, **kwargs: Any) -> None:
     """Run the whole pipeline until Ctrl-C: stores, migrations, local Momento, receiver,
     workers, beat, Flower, and a listener when the routes file has [[subscriptions]] (embedded
-    defaults when no URLs are configured)."""
+    defaults when no URLs are configured).
+
+    The console shows where everything is, then only warnings, errors and, every 10 s while
+    something moves, a throughput line; the children's logs are in the data folder's logs/.
+    """
+    from pipeline.cli.console import Throughput, console_ticker
     from pipeline.cli.stack import describe, prepare_routes, running_stack, start_listener
+    from pipeline.db import get_engine
 
     settings_or_exit()
-    with running_stack(_options(**kwargs)) as stack:
+    verbose = verbose or logging.getLogger().level <= logging.DEBUG
+    if not verbose:
+        logging.getLogger().setLevel(logging.WARNING)
+    preflight()
+    with running_stack(_options(quiet=not verbose, **kwargs)) as stack:
         prepare_routes(stack)
         start_listener(stack)
-        for line in describe(stack):
+        lines = describe(stack)
+        for line in lines:
             click.echo(line)
+        if stack.lock is not None:  # for a second `up`'s refusal, without the password
+            stack.lock.describe([line.split("   login ")[0] for line in lines])
         click.echo("Ctrl-C stops everything.")
-        status = stack.supervisor.wait()
+        tick = None
+        if stack.logs is not None:
+            throughput = Throughput(get_engine(stack.settings), stack.settings)
+            tick = console_ticker(click.echo, stack.logs, throughput)
+        status = stack.supervisor.wait(tick)
     sys.exit(status)
 
 
@@ -246,6 +269,7 @@ def demo(count: int, rate: float, timeout_s: float, **kwargs: Any) -> None:
     settings_or_exit()
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger().setLevel(logging.WARNING)  # the summary is the output; -v for more
+    preflight()
     with running_stack(_options(quiet=True, **kwargs)) as stack:
         for line in describe(stack):
             click.echo(line)
@@ -262,6 +286,7 @@ def _register_optional_commands() -> None:
         cli.add_command(emulator)
 
 
+cli.add_command(check)
 cli.add_command(stats)
 cli.add_command(replay)
 cli.add_command(listen)
@@ -274,6 +299,6 @@ def main() -> None:
         cli(standalone_mode=True)
     except PipelineError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
 
 

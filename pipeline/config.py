@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     def _secrets_from_csv(cls, value: Any) -> Any:
         return _split_csv(value)
 
+    @field_validator("pipeline_home", mode="before")
+    @classmethod
+    def _empty_home_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
     @field_validator("momento_local")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:

@@ -1,4 +1,4 @@
-"""Commands run from another directory follow the data-folder rule; read-only ones create nothing."""
+"""Commands run elsewhere follow the data-folder rule; read-only ones create nothing."""
 
 from __future__ import annotations
 

@@ -104,9 +104,10 @@ def worker(
 def beat(loglevel: str) -> None:
     """Run Celery beat (run exactly one per deployment)."""
     from pipeline.celery_app import app, configure
+    from pipeline.cli.beat_lock import sole_beat
 
     settings = settings_or_exit()
-    with services(settings, database=False):
+    with services(settings, database=False) as urls, sole_beat(urls.broker_url):
         configure(app, load_settings())
         schedule = settings.home / "celerybeat-schedule"
         settings.home.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from pipeline.cli.probes import (
     ping_broker,
     require_migrated,
 )
+from pipeline.cli.stack_lock import running_momento_local
 from pipeline.config import Settings, load_settings
 from pipeline.errors import PipelineError
 from pipeline.stores import EmbeddedBroker, EmbeddedPostgres, hide_password
@@ -101,6 +102,9 @@ def check_momento(settings: Settings, before_start: bool = False) -> Finding | N
         where = f"local server at {settings.momento_local} (MOMENTO_LOCAL)"
     elif before_start:
         return Finding("momento", "ok", "local server, started by this command")
+    elif address := running_momento_local(settings.home):
+        settings = settings.model_copy(update={"momento_local": address})
+        where = f"local server at {address} (started by the running `pipeline up`)"
     else:
         host, port = momento_client.LOCAL_DEFAULT
         where = f"local server at {host}:{port} (no MOMENTO_API_KEY or MOMENTO_LOCAL)"

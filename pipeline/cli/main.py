@@ -228,7 +228,8 @@ def up(verbose: bool, **kwargs: Any) -> None:
         for line in lines:
             click.echo(line)
         if stack.lock is not None:  # for a second `up`'s refusal, without the password
-            stack.lock.describe([line.split("   login ")[0] for line in lines])
+            public = [line.split("   login ")[0] for line in lines]
+            stack.lock.describe(public, stack.momento_address)
         click.echo("Ctrl-C stops everything.")
         tick = None
         if stack.logs is not None:

@@ -42,9 +42,10 @@ class StackLock:
         self._handle = handle
         self._write({"pid": os.getpid(), "lines": ["(starting)"]})
 
-    def describe(self, lines: list[str]) -> None:
-        """Record where the running stack's parts are (the status block's lines)."""
-        self._write({"pid": os.getpid(), "lines": lines})
+    def describe(self, lines: list[str], momento_local: str | None = None) -> None:
+        """Record where the running stack's parts are (the status block's lines, and the local
+        Momento server it started, for `pipeline check`)."""
+        self._write({"pid": os.getpid(), "lines": lines, "momento_local": momento_local})
 
     def release(self) -> None:
         """Forget the stack and let the next one start."""
@@ -83,3 +84,23 @@ def stack_lock(home: Path) -> Iterator[StackLock]:
         yield lock
     finally:
         lock.release()
+
+
+def running_momento_local(home: Path) -> str | None:
+    """``host:port`` of the local Momento server a running `pipeline up` on ``home`` started."""
+    path = home / LOCK_FILE
+    if not path.exists():
+        return None
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: a stack runs
+            pass
+        else:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return None
+    try:
+        address = json.loads((home / INFO_FILE).read_text()).get("momento_local")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return address if isinstance(address, str) else None

@@ -100,6 +100,15 @@ def test_up_is_quiet_logs_to_files_and_a_second_up_is_refused(tmp_path: Path) ->
         idle = [line for at, line in first.lines if at >= quiet_from]
         assert idle == [], idle
 
+        check = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "check"], cwd=tmp_path, env=embedded_env(home),
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert check.returncode == 0, check.stdout + check.stderr
+        levels = [line.split()[0] for line in check.stdout.splitlines()]
+        assert levels == ["ok"] * 6, check.stdout
+        assert "started by the running `pipeline up`" in check.stdout
+
         for name in ("worker-1", "beat", "receiver", "flower", "momento-local"):
             assert (home / "logs" / f"{name}.log").stat().st_size > 0, name
         worker_log = (home / "logs" / "worker-1.log").read_text()

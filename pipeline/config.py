@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
+import platformdirs
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -124,8 +125,6 @@ def find_home(explicit: Path | None = None, cwd: Path | None = None) -> Path:
     for directory in (here, *here.parents):
         if (directory / HOME_DIR).is_dir() or (directory / PROJECT_MARKER).is_file():
             return directory / HOME_DIR
-    import platformdirs
-
     return Path(platformdirs.user_data_dir("momento-pipeline", appauthor=False))
 
 

@@ -83,7 +83,13 @@ class Supervisor:
                     assert child.process is not None
                     code = child.process.poll()
                     if code is not None:
-                        logger.error("child exited name=%s code=%d; stopping all", child.name, code)
+                        log = self.log_of(child.name)
+                        logger.error(
+                            "child exited name=%s code=%d%s; stopping all",
+                            child.name,
+                            code,
+                            f" log={log}" if log is not None else "",
+                        )
                         status = code or 1
                         self._stopping = True
                         break

@@ -149,3 +149,19 @@ def test_up_with_a_real_key_and_no_webhook_secret_refuses_before_starting(
     assert "PIPELINE_WEBHOOK_SECRETS is empty" in said
     assert "FAIL  momento" in said
     assert not (tmp_path / "home").exists()  # nothing started, no secret generated
+
+
+def test_up_with_an_unreachable_configured_database_refuses_in_one_line(tmp_path: Path) -> None:
+    env = embedded_env(tmp_path / "home")
+    env["DATABASE_URL"] = f"postgresql://nobody:hunter2@127.0.0.1:{_free_port()}/none"
+    started = time.monotonic()
+    done = subprocess.run(
+        _up_argv(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert time.monotonic() - started < 15
+    said = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert len(said) == 1, said
+    assert said[0].startswith("FAIL  postgres  postgresql://nobody:***@127.0.0.1:"), said
+    assert not (tmp_path / "home").exists()

@@ -163,5 +163,6 @@ def test_up_with_an_unreachable_configured_database_refuses_in_one_line(tmp_path
     assert time.monotonic() - started < 15
     said = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert len(said) == 1, said
-    assert said[0].startswith("FAIL  postgres  Postgres at postgresql://nobody:***@127.0.0.1:"), said
+    expected = "FAIL  postgres  Postgres at postgresql://nobody:***@127.0.0.1:"
+    assert said[0].startswith(expected), said
     assert not (tmp_path / "home").exists()

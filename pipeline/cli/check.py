@@ -9,7 +9,6 @@ Nothing here starts or creates a store.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import click
@@ -186,12 +185,6 @@ def run_checks(before_start: bool = False) -> list[Finding]:
     return [finding for finding in found if finding is not None]
 
 
-def quiet_logs() -> None:
-    """Warnings and errors only, unless -v asked for more: the findings are the output."""
-    if logging.getLogger().level > logging.DEBUG:
-        logging.getLogger().setLevel(logging.WARNING)
-
-
 def preflight(echo_ok: bool = False) -> None:
     """The checks `up` and `demo` run first: print what is wrong, exit 1 on a failure."""
     findings = run_checks(before_start=True)
@@ -205,7 +198,6 @@ def preflight(echo_ok: bool = False) -> None:
 @click.command("check")
 def check() -> None:
     """Check settings, stores, Momento credentials, webhook secrets and routes; one line each."""
-    quiet_logs()
     findings = run_checks()
     for finding in findings:
         click.echo(finding.line())

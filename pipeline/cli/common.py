@@ -15,10 +15,15 @@ from pipeline.errors import PipelineError
 from pipeline.stores import ServiceUrls, export_urls, running_services
 
 
-def configure_logging(verbose: bool) -> None:
-    """One log format for every subcommand; third-party chatter stays at WARNING."""
+def configure_logging(verbose: bool, service: bool = True) -> None:
+    """One log format for every subcommand; third-party chatter stays at WARNING.
+
+    Services log at INFO; a command that prints an answer (``stats``, ``check``, ``db``) logs
+    warnings and errors only, so its output is the answer. ``verbose``: DEBUG for all.
+    """
+    level = logging.INFO if service else logging.WARNING
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else level,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )

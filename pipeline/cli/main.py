@@ -23,13 +23,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pipeline")
 
+SERVICES = {"worker", "beat", "flower", "receiver", "listen", "emulator"}
+"""Long-running commands, which log at INFO; the others print their answer and warnings only."""
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 @click.version_option(package_name="momento-pipeline")
-def cli(verbose: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """Durable, ordered, observable event processing for Momento Topics."""
-    configure_logging(verbose)
+    configure_logging(verbose, service=ctx.invoked_subcommand in SERVICES)
 
 
 @cli.group()
@@ -217,9 +221,9 @@ def up(verbose: bool, **kwargs: Any) -> None:
     from pipeline.db import get_engine
 
     settings_or_exit()
-    verbose = verbose or logging.getLogger().level <= logging.DEBUG
-    if not verbose:
-        logging.getLogger().setLevel(logging.WARNING)
+    root = logging.getLogger()
+    verbose = verbose or root.level <= logging.DEBUG
+    root.setLevel(min(root.level, logging.INFO) if verbose else logging.WARNING)
     preflight()
     with running_stack(_options(quiet=not verbose, **kwargs)) as stack:
         prepare_routes(stack)

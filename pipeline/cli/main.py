@@ -151,7 +151,9 @@ def receiver(host: str, port: int, workers: int) -> None:
         raise click.UsageError(
             "PIPELINE_WEBHOOK_SECRETS is empty: the receiver would reject every webhook"
         )
-    with services(settings, migrated=False):
+    # The receiver needs only the broker: it must start (and take webhooks, which Momento never
+    # retries) while a configured database is down. An embedded one it starts, for /readyz.
+    with services(settings, database=not settings.database_url, migrated=False):
         uvicorn.run(
             "pipeline.ingest.receiver:app_from_env",
             factory=True,

@@ -22,8 +22,7 @@ DATABASE_COMMANDS = [
     ["replay"],
     ["worker"],
     ["listen"],
-    ["receiver", "--port", "1"],
-]
+]  # not the receiver: it needs only the broker, and must take webhooks while Postgres is down
 BROKER_COMMANDS = [
     ["replay"],
     ["worker"],

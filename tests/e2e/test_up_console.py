@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,20 +17,15 @@ import pytest
 
 from pipeline.ingest.signing import sign
 from tests.conftest import embedded_env, wait_for
+from tests.integration.cli.support import free_port
 
 ROUTES = Path(__file__).resolve().parents[2] / "routes.toml"
 IDLE_S = 12.0  # longer than one throughput interval (10 s)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _up_argv() -> list[str]:
     ports = ("--receiver-port", "--momento-port", "--flower-port")
-    pairs = [item for name in ports for item in (name, str(_free_port()))]
+    pairs = [item for name in ports for item in (name, str(free_port()))]
     return [sys.executable, "-m", "pipeline.cli", "up", "--workers", "1", *pairs]
 
 
@@ -153,7 +147,7 @@ def test_up_with_a_real_key_and_no_webhook_secret_refuses_before_starting(
 
 def test_up_with_an_unreachable_configured_database_refuses_in_one_line(tmp_path: Path) -> None:
     env = embedded_env(tmp_path / "home")
-    env["DATABASE_URL"] = f"postgresql://nobody:hunter2@127.0.0.1:{_free_port()}/none"
+    env["DATABASE_URL"] = f"postgresql://nobody:hunter2@127.0.0.1:{free_port()}/none"
     started = time.monotonic()
     done = subprocess.run(
         _up_argv(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,

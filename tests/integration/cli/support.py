@@ -47,8 +47,8 @@ def run_cli(
     return Run(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 
 
-def closed_port() -> int:
-    """A port nothing listens on (bound, then released)."""
+def free_port() -> int:
+    """A port nothing listens on (bound, then released): free, or closed to whoever dials it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.emulator import EmulatorServer
-from tests.integration.cli.support import Run, closed_port, run_cli
+from tests.integration.cli.support import Run, free_port, run_cli
 from tests.integration.cli.test_store_errors import unmigrated_url  # noqa: F401 (a fixture)
 
 ROUTES = Path(__file__).resolve().parents[3] / "routes.toml"
@@ -52,7 +52,7 @@ def test_a_good_set_up_passes_every_check(good_env: dict[str, str]) -> None:
 
 
 def test_an_unreachable_database_fails_the_postgres_line(good_env: dict[str, str]) -> None:
-    url = f"postgresql://nobody:hunter2@127.0.0.1:{closed_port()}/none"
+    url = f"postgresql://nobody:hunter2@127.0.0.1:{free_port()}/none"
     run = run_cli("check", env=good_env | {"DATABASE_URL": url})
     assert run.code == 1
     found = verdicts(run)
@@ -76,7 +76,7 @@ def test_an_unmigrated_database_fails_the_postgres_line(
 
 
 def test_an_unreachable_broker_fails_the_broker_line(good_env: dict[str, str]) -> None:
-    url = f"redis://127.0.0.1:{closed_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     run = run_cli("check", env=good_env | {"CELERY_BROKER_URL": url})
     assert run.code == 1
     level, detail = verdicts(run)["broker"]
@@ -95,7 +95,7 @@ def test_a_bad_routes_file_fails_the_routes_line(good_env: dict[str, str], tmp_p
 
 
 def test_an_unreachable_local_server_fails_the_momento_line(good_env: dict[str, str]) -> None:
-    address = f"127.0.0.1:{closed_port()}"
+    address = f"127.0.0.1:{free_port()}"
     run = run_cli("check", env=good_env | {"MOMENTO_LOCAL": address})
     assert run.code == 1
     level, detail = verdicts(run)["momento"]

@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, text
 
 from pipeline.config import Settings
 from pipeline.stores import sqlalchemy_url
-from tests.integration.cli.support import closed_port, run_cli
+from tests.integration.cli.support import free_port, run_cli
 
 BOUND_S = 10.0  # imports take ~2 s of it on a loaded 2-core box; the probes give up after 3 s
 
@@ -37,7 +37,7 @@ BROKER_COMMANDS = [
 def test_unreachable_postgres_is_one_line_and_a_fast_failure(
     settings: Settings, args: list[str]
 ) -> None:
-    url = f"postgresql://nobody:hunter2@127.0.0.1:{closed_port()}/none"
+    url = f"postgresql://nobody:hunter2@127.0.0.1:{free_port()}/none"
     run = run_cli(*args, env={"DATABASE_URL": url})
     assert run.code != 0
     assert len(run.lines) == 1, run.lines
@@ -53,7 +53,7 @@ def test_unreachable_postgres_is_one_line_and_a_fast_failure(
 def test_unreachable_broker_is_one_line_and_a_fast_failure(
     settings: Settings, args: list[str]
 ) -> None:
-    url = f"redis://:hunter2@127.0.0.1:{closed_port()}/0"
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     run = run_cli(*args, env={"CELERY_BROKER_URL": url})
     assert run.code != 0
     assert len(run.lines) == 1, run.lines

@@ -97,6 +97,9 @@ def build_config(settings: Settings) -> dict[str, Any]:
             # The scan's mutex outlives a worker killed while scanning: by 5 minutes by default,
             # and no message comes back meanwhile.
             "unacked_mutex_expire": 15,
+            # A broker host that drops packets must fail a connect, not hang it for the OS's
+            # TCP timeout (minutes): Celery then retries, and the CLI's probe said so at start.
+            "socket_connect_timeout": 5,
         },
         "result_backend_transport_options": {"visibility_timeout": 900},
         "beat_schedule": beat_schedule(settings),

@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
+import platformdirs
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -30,7 +31,7 @@ class Settings(BaseSettings):
     momento_endpoint: str | None = None
     momento_local: str | None = None
 
-    pipeline_home: Path = Path(".pipeline")
+    pipeline_home: Path | None = None
     pipeline_webhook_secrets: Annotated[list[str], NoDecode] = Field(default_factory=list)
     pipeline_replay_window_s: float = Field(default=60.0, gt=0)
     pipeline_future_skew_s: float = Field(default=30.0, ge=0)
@@ -68,6 +69,11 @@ class Settings(BaseSettings):
     def _secrets_from_csv(cls, value: Any) -> Any:
         return _split_csv(value)
 
+    @field_validator("pipeline_home", mode="before")
+    @classmethod
+    def _empty_home_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
     @field_validator("momento_local")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
@@ -97,8 +103,30 @@ class Settings(BaseSettings):
 
     @property
     def home(self) -> Path:
-        """Absolute directory for embedded services' data and state."""
-        return self.pipeline_home.resolve()
+        """Absolute data folder for embedded services' data and state (see ``find_home``)."""
+        return find_home(self.pipeline_home)
+
+
+HOME_DIR = ".pipeline"
+PROJECT_MARKER = "routes.toml"
+
+
+def find_home(explicit: Path | None = None, cwd: Path | None = None) -> Path:
+    """The data folder, by one rule that gives the same answer from any directory:
+
+    1. ``PIPELINE_HOME`` when set (a relative path is taken from the current directory);
+    2. else the ``.pipeline/`` folder of the nearest directory, from the current one upward,
+       that holds a ``.pipeline/`` folder or a ``routes.toml`` (a pipeline project);
+    3. else the per-user data folder (``platformdirs.user_data_dir("momento-pipeline")``,
+       e.g. ``~/.local/share/momento-pipeline`` on Linux).
+    """
+    if explicit is not None:
+        return explicit.expanduser().resolve()
+    here = (cwd or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        if (directory / HOME_DIR).is_dir() or (directory / PROJECT_MARKER).is_file():
+            return directory / HOME_DIR
+    return Path(platformdirs.user_data_dir("momento-pipeline", appauthor=False))
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -17,6 +17,9 @@ from pipeline.stores import database_url
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
+CONNECT_TIMEOUT_S = 5
+"""A database that does not answer a new connection within this long counts as down."""
+
 IDLE_PING_S = 1.0
 """A pooled connection idle for longer is pinged before use (see ``ping_when_idle``): under load
 connections are reused within milliseconds and never pinged; at low rates the ping costs nothing
@@ -29,7 +32,12 @@ def get_engine(settings: Settings | None = None) -> Engine:
     with _lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = create_engine(url, pool_size=5, max_overflow=5)
+            engine = create_engine(
+                url,
+                pool_size=5,
+                max_overflow=5,
+                connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+            )
             ping_when_idle(engine)
             _engines[url] = engine
         return engine

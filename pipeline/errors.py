@@ -3,6 +3,10 @@
 PipelineError
 ├── ConfigError                 an environment value is invalid (raised at start)
 ├── ServiceError                an embedded Postgres/broker could not start or stop
+│   ├── StoreUnavailable        a store is unreachable or not migrated (one line: URL, what to do)
+│   ├── NoPipelineData          a read-only command found no data folder to read
+│   ├── StackRunning            another `pipeline up` already runs on this data folder
+│   └── BeatRunning             another beat already runs on this broker
 ├── RoutesError                 the routes file is unreadable or invalid
 ├── MomentoError                the Momento SDK returned an error (see momento_client)
 └── RejectedWebhook             a webhook request was refused; carries code and status_code
@@ -27,6 +31,22 @@ class ConfigError(PipelineError):
 
 class ServiceError(PipelineError):
     """An embedded service failed to start, answer or stop."""
+
+
+class StoreUnavailable(ServiceError):
+    """Postgres or the broker cannot be used; the message names it, its URL and what to do."""
+
+
+class NoPipelineData(ServiceError):
+    """A read-only command found no pipeline data where the data-folder rule points."""
+
+
+class StackRunning(ServiceError):
+    """Another `pipeline up` holds this data folder; the message says where its parts are."""
+
+
+class BeatRunning(ServiceError):
+    """Another beat holds the broker's beat lock; the message names the holder."""
 
 
 class RoutesError(PipelineError):

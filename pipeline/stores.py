@@ -26,12 +26,13 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 import redis
 
 from pipeline.config import Settings
-from pipeline.errors import ConfigError, ServiceError
+from pipeline.errors import ConfigError, NoPipelineData, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +67,7 @@ def broker_url(settings: Settings) -> str:
 def database_url(settings: Settings) -> str:
     """The configured DATABASE_URL, else the URL of the embedded Postgres under PIPELINE_HOME."""
     if settings.database_url:
-        url = settings.database_url
-        if url.startswith("postgres://"):
-            url = "postgresql://" + url.removeprefix("postgres://")
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-        return url
+        return sqlalchemy_url(settings.database_url)
     running = EmbeddedPostgres(settings.home).running_url()
     if running is None:
         raise ConfigError(
@@ -79,6 +75,15 @@ def database_url(settings: Settings) -> str:
             f"{settings.home}; set DATABASE_URL or start one with `pipeline up`"
         )
     return running
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A Postgres URL with the psycopg 3 driver named, as SQLAlchemy needs it."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -137,6 +142,10 @@ class EmbeddedBroker:
     def owned(self) -> bool:
         """Whether this object started the server (and so will stop it)."""
         return self._process is not None
+
+    def exists(self) -> bool:
+        """Whether this data directory holds a broker's data (it has been started before)."""
+        return (self.root / "valkey.conf").is_file()
 
     def running_url(self) -> str | None:
         """URL of a broker already serving this data directory, or None."""
@@ -251,6 +260,10 @@ class EmbeddedPostgres:
             raise ServiceError("embedded postgres is not started")
         return self._url
 
+    def exists(self) -> bool:
+        """Whether this data directory holds a database cluster."""
+        return (self.root / "PG_VERSION").is_file()
+
     def start(self) -> str:
         """Start the server, or attach to the one already serving this data; return its URL.
 
@@ -296,34 +309,63 @@ class EmbeddedPostgres:
 
 @dataclass(frozen=True)
 class ServiceUrls:
-    """Where the database and broker are, configured or embedded."""
+    """Where the database and broker are, configured or embedded ("" for one not asked for)."""
 
     database_url: str
     broker_url: str
 
 
 @contextlib.contextmanager
-def running_services(settings: Settings) -> Iterator[ServiceUrls]:
-    """Yield the configured URLs, starting embedded servers for whichever are unset."""
-    postgres = broker = None
+def running_services(
+    settings: Settings, *, database: bool = True, broker: bool = True, create: bool = True
+) -> Iterator[ServiceUrls]:
+    """Yield the configured URLs, starting embedded servers for whichever are unset.
+
+    ``create=False`` (read-only commands) starts an embedded server only on data that already
+    exists, and raises NoPipelineData instead of creating an empty one.
+    """
+    postgres = embedded_broker = None
     try:
-        database_url = settings.database_url
-        if not database_url:
+        database_url = settings.database_url or ""
+        if database and not database_url:
             postgres = EmbeddedPostgres(settings.home)
+            if not create and not postgres.exists():
+                raise NoPipelineData(_no_data(settings.home))
             database_url = postgres.start()
-        broker_url = settings.celery_broker_url
-        if not broker_url:
-            broker = EmbeddedBroker(settings.home)
-            broker_url = broker.start()
+        broker_url = settings.celery_broker_url or ""
+        if broker and not broker_url:
+            embedded_broker = EmbeddedBroker(settings.home)
+            if not create and not embedded_broker.exists():
+                raise NoPipelineData(_no_data(settings.home))
+            broker_url = embedded_broker.start()
         yield ServiceUrls(database_url=database_url, broker_url=broker_url)
     finally:
-        if broker is not None:
-            broker.stop()
+        if embedded_broker is not None:
+            embedded_broker.stop()
         if postgres is not None:
             postgres.stop()
 
 
+def _no_data(home: Path) -> str:
+    return (
+        f"no pipeline data at {home}: run this from the project directory (where `pipeline up` "
+        "ran), or set PIPELINE_HOME to its data folder, or DATABASE_URL and CELERY_BROKER_URL"
+    )
+
+
 def export_urls(urls: ServiceUrls) -> None:
     """Put the URLs in this process's environment so child processes and Settings see them."""
-    os.environ["DATABASE_URL"] = urls.database_url
-    os.environ["CELERY_BROKER_URL"] = urls.broker_url
+    if urls.database_url:
+        os.environ["DATABASE_URL"] = urls.database_url
+    if urls.broker_url:
+        os.environ["CELERY_BROKER_URL"] = urls.broker_url
+
+
+def hide_password(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit to print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

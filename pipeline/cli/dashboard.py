@@ -24,7 +24,7 @@ def dashboard(host: str, port: int, receiver_url: str) -> None:
     from pipeline.config import load_settings
     from pipeline.dashboard.app import create_app
 
-    with services(settings_or_exit()):
+    with services(settings_or_exit(), create=False):  # a viewer never creates a store
         settings = load_settings()
         app = create_app(
             settings,

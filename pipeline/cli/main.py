@@ -10,26 +10,31 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pipeline.cli.check import check, preflight
 from pipeline.cli.common import configure_logging, services, settings_or_exit
 from pipeline.cli.dashboard import dashboard
 from pipeline.cli.listen import listen
 from pipeline.cli.replay import replay
 from pipeline.cli.stats import stats
 from pipeline.config import load_settings
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 
 if TYPE_CHECKING:
     from pipeline.cli.stack import StackOptions
 
 logger = logging.getLogger("pipeline")
 
+SERVICES = {"worker", "beat", "flower", "receiver", "listen", "emulator"}
+"""Long-running commands, which log at INFO; the others print their answer and warnings only."""
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 @click.version_option(package_name="momento-pipeline")
-def cli(verbose: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """Durable, ordered, observable event processing for Momento Topics."""
-    configure_logging(verbose)
+    configure_logging(verbose, service=ctx.invoked_subcommand in SERVICES)
 
 
 @cli.group()
@@ -44,7 +49,7 @@ def db_upgrade(revision: str) -> None:
     from pipeline.cli import migrate
 
     settings = settings_or_exit()
-    with services(settings):
+    with services(settings, broker=False, migrated=False):
         migrate.upgrade(load_settings(), revision)
     click.echo(f"database at {revision}")
 
@@ -56,7 +61,7 @@ def db_downgrade(revision: str) -> None:
     from pipeline.cli import migrate
 
     settings = settings_or_exit()
-    with services(settings):
+    with services(settings, broker=False, migrated=False, create=False):
         migrate.downgrade(load_settings(), revision)
     click.echo(f"database at {revision}")
 
@@ -104,9 +109,10 @@ def worker(
 def beat(loglevel: str) -> None:
     """Run Celery beat (run exactly one per deployment)."""
     from pipeline.celery_app import app, configure
+    from pipeline.cli.beat_lock import sole_beat
 
     settings = settings_or_exit()
-    with services(settings):
+    with services(settings, database=False) as urls, sole_beat(urls.broker_url):
         configure(app, load_settings())
         schedule = settings.home / "celerybeat-schedule"
         settings.home.mkdir(parents=True, exist_ok=True)
@@ -129,7 +135,7 @@ def flower(host: str, port: int, persistent: bool) -> None:
 
     settings = settings_or_exit()
     guard_monitoring()
-    with services(settings):
+    with services(settings, database=False):
         configure(app, load_settings())
         app.start(flower_argv(load_settings(), host, port, persistent))
 
@@ -147,7 +153,9 @@ def receiver(host: str, port: int, workers: int) -> None:
         raise click.UsageError(
             "PIPELINE_WEBHOOK_SECRETS is empty: the receiver would reject every webhook"
         )
-    with services(settings):
+    # The receiver needs only the broker: it must start (and take webhooks, which Momento never
+    # retries) while a configured database is down. An embedded one it starts, for /readyz.
+    with services(settings, database=not settings.database_url, migrated=False):
         uvicorn.run(
             "pipeline.ingest.receiver:app_from_env",
             factory=True,
@@ -201,10 +209,20 @@ def _options(quiet: bool = False, **kwargs: Any) -> StackOptions:
 
 @cli.command()
 @stack_options
-def up(**kwargs: Any) -> None:
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Stream every child's log here (default: files under the data folder's logs/).",
+)
+def up(verbose: bool, **kwargs: Any) -> None:
     """Run the whole pipeline until Ctrl-C: stores, migrations, local Momento, receiver,
     workers, beat, Flower, the dashboard, and a listener when the routes file has
-    [[subscriptions]] (embedded defaults when no URLs are configured)."""
+    [[subscriptions]] (embedded defaults when no URLs are configured).
+
+    The console shows where everything is, then only warnings, errors and, every 10 s while
+    something moves, a throughput line; the children's logs are in the data folder's logs/.
+    """
+    from pipeline.cli.console import Throughput, console_ticker
     from pipeline.cli.stack import (
         describe,
         prepare_routes,
@@ -212,17 +230,30 @@ def up(**kwargs: Any) -> None:
         start_dashboard,
         start_listener,
     )
+    from pipeline.db import get_engine
 
     settings_or_exit()
-    with running_stack(_options(**kwargs)) as stack:
+    root = logging.getLogger()
+    verbose = verbose or root.level <= logging.DEBUG
+    root.setLevel(min(root.level, logging.INFO) if verbose else logging.WARNING)
+    preflight()
+    with running_stack(_options(quiet=not verbose, **kwargs)) as stack:
         prepare_routes(stack)
         start_listener(stack)
         if kwargs["dashboard"]:
             start_dashboard(stack, kwargs["dashboard_port"])
-        for line in describe(stack):
+        lines = describe(stack)
+        for line in lines:
             click.echo(line)
+        if stack.lock is not None:  # for a second `up`'s refusal, without the password
+            public = [line.split("   login ")[0] for line in lines]
+            stack.lock.describe(public, stack.momento_address)
         click.echo("Ctrl-C stops everything.")
-        status = stack.supervisor.wait()
+        tick = None
+        if stack.logs is not None:
+            throughput = Throughput(get_engine(stack.settings), stack.settings)
+            tick = console_ticker(click.echo, stack.logs, throughput)
+        status = stack.supervisor.wait(tick)
     sys.exit(status)
 
 
@@ -258,6 +289,7 @@ def demo(count: int, rate: float, timeout_s: float, **kwargs: Any) -> None:
     settings_or_exit()
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger().setLevel(logging.WARNING)  # the summary is the output; -v for more
+    preflight()
     with running_stack(_options(quiet=True, **kwargs)) as stack:
         if kwargs["dashboard"]:
             start_dashboard(stack, kwargs["dashboard_port"])
@@ -276,6 +308,7 @@ def _register_optional_commands() -> None:
         cli.add_command(emulator)
 
 
+cli.add_command(check)
 cli.add_command(stats)
 cli.add_command(dashboard)
 cli.add_command(replay)
@@ -289,4 +322,6 @@ def main() -> None:
         cli(standalone_mode=True)
     except PipelineError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+
+

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 from pipeline.config import Settings
 from pipeline.db import get_engine
@@ -46,3 +47,11 @@ def check(settings: Settings) -> None:
     with get_engine(settings).begin() as conn:
         cfg.attributes["connection"] = conn
         command.check(cfg)
+
+
+def head_revision() -> str:
+    """The newest migration this version of the code ships."""
+    script = ScriptDirectory(str(ROOT / "migrations"))
+    head = script.get_current_head()
+    assert head is not None
+    return head

@@ -60,7 +60,7 @@ def replay(dry_run: bool, **options: Any) -> None:
     chosen = Selection(
         **{k: v for k, v in options.items() if k != "routes"}, routes=options["routes"]
     )
-    with services(settings_or_exit()):
+    with services(settings_or_exit(), broker=not dry_run, create=False):
         settings = load_settings()
         try:
             table = routes_for(settings)

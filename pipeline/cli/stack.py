@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 import httpx
 
 from pipeline.cli import migrate
+from pipeline.cli.console import LogEcho
+from pipeline.cli.stack_lock import StackLock, stack_lock
 from pipeline.cli.supervisor import Supervisor
 from pipeline.config import Settings, get_settings, load_settings
 from pipeline.errors import ServiceError
-from pipeline.stores import ServiceUrls, export_urls, running_services
+from pipeline.stores import ServiceUrls, export_urls, hide_password, running_services
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,9 @@ class Stack:
     supervisor: Supervisor
     settings: Settings
     notes: list[str] = field(default_factory=list)
+    lock: StackLock | None = None
+    logs: LogEcho | None = None
+    """The children's loud log lines, when they log to files (``quiet``)."""
 
     @property
     def webhook_url(self) -> str:
@@ -86,7 +91,9 @@ def _free(host: str, port: int) -> int:
 def _check_alive(supervisor: Supervisor) -> None:
     for child in supervisor.children:
         if child.process is not None and child.process.poll() is not None:
-            raise ServiceError(f"{child.name} exited with {child.process.returncode}")
+            log = supervisor.log_of(child.name)
+            see = f"; see {log}" if log is not None else ""
+            raise ServiceError(f"{child.name} exited with {child.process.returncode}{see}")
 
 
 def _wait_workers(
@@ -142,21 +149,29 @@ def webhook_secret(settings: Settings) -> str:
 
 @contextlib.contextmanager
 def running_stack(options: StackOptions, settings: Settings | None = None) -> Iterator[Stack]:
-    """Start every part, yield where they are, stop them all in reverse order on exit."""
+    """Start every part, yield where they are, stop them all in reverse order on exit.
+
+    One stack per data folder: a second one is refused (StackRunning) before anything starts.
+    """
     settings = settings or load_settings()
-    with running_services(settings) as urls:
+    with stack_lock(settings.home) as lock, running_services(settings) as urls:
         export_urls(urls)
+        os.environ["PIPELINE_HOME"] = str(settings.home)  # children find the same folder
         secret = webhook_secret(settings)
         if not settings.pipeline_webhook_secrets:
             os.environ["PIPELINE_WEBHOOK_SECRETS"] = secret
         get_settings.cache_clear()
         settings = get_settings()
         migrate.upgrade(settings)
-        supervisor = Supervisor(
-            os.environ, log_dir=settings.home / "logs" if options.quiet else None
-        )
+        log_dir = settings.home / "logs" if options.quiet else None
+        logs = None
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            logs = LogEcho(log_dir)
+        supervisor = Supervisor(os.environ, log_dir=log_dir)
         try:
             stack = _start_children(options, settings, urls, supervisor)
+            stack.lock, stack.logs = lock, logs
             yield stack
         finally:
             supervisor.stop()
@@ -258,8 +273,8 @@ def describe(stack: Stack) -> list[str]:
     """Human-readable lines saying where everything is."""
     lines = [
         f"receiver   {stack.webhook_url}   (/healthz /readyz /metrics)",
-        f"database   {stack.urls.database_url}",
-        f"broker     {stack.urls.broker_url}",
+        f"database   {hide_password(stack.urls.database_url)}",
+        f"broker     {hide_password(stack.urls.broker_url)}",
     ]
     if stack.momento_address:
         lines.append(

@@ -47,7 +47,7 @@ def stats(
         end = parse_when(until, now) if until else None
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    with services(settings):
+    with services(settings, broker=False, create=False):
         settings = load_settings()
         engine = get_engine(settings)
         window_s = settings.pipeline_rollup_window_s

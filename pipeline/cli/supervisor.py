@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -58,6 +58,10 @@ class Supervisor:
         logger.info("started name=%s pid=%d", name, child.process.pid)
         return child
 
+    def log_of(self, name: str) -> Path | None:
+        """The file a child's output goes to, or None when it goes to ours."""
+        return None if self.log_dir is None else self.log_dir / f"{name}.log"
+
     def python(self, name: str, *args: str) -> Child:
         """Start ``python -m pipeline.cli ARGS`` as a child."""
         return self.spawn(name, [sys.executable, "-m", "pipeline.cli", *args])
@@ -66,8 +70,11 @@ class Supervisor:
         logger.info("signal=%s, stopping", signal.Signals(signum).name)
         self._stopping = True
 
-    def wait(self) -> int:
-        """Block until a signal or a child exits; then stop all. Returns the exit status."""
+    def wait(self, tick: Callable[[], None] | None = None) -> int:
+        """Block until a signal or a child exits; then stop all. Returns the exit status.
+
+        ``tick`` runs every loop (five times a second), e.g. to echo what the children log.
+        """
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         status = 0
         try:
@@ -76,10 +83,18 @@ class Supervisor:
                     assert child.process is not None
                     code = child.process.poll()
                     if code is not None:
-                        logger.error("child exited name=%s code=%d; stopping all", child.name, code)
+                        log = self.log_of(child.name)
+                        logger.error(
+                            "child exited name=%s code=%d%s; stopping all",
+                            child.name,
+                            code,
+                            f" log={log}" if log is not None else "",
+                        )
                         status = code or 1
                         self._stopping = True
                         break
+                if tick is not None and not self._stopping:
+                    tick()
                 time.sleep(0.2)
         finally:
             self.stop()

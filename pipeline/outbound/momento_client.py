@@ -25,6 +25,7 @@ from momento.responses import (
     CacheGet,
     CacheSet,
     CreateCache,
+    ListCaches,
     TopicPublish,
 )
 
@@ -136,6 +137,17 @@ def to_error(response: Any, action: str) -> MomentoError:
         and not any(marker in message.lower() for marker in _SIZE_LIMITS)
     )
     return MomentoError(f"{action} failed: {message}", code=code.name, transient=transient)
+
+
+def list_caches(settings: Settings, *, timeout: timedelta = timedelta(seconds=5)) -> list[str]:
+    """The account's cache names: a real call that proves the credentials (``pipeline check``)."""
+    configuration = Configurations.Laptop.latest().with_client_timeout(timeout)
+    with CacheClient(configuration, credential_provider(settings), DEFAULT_TTL) as client:
+        response = client.list_caches()
+    if isinstance(response, ListCaches.Error):
+        raise to_error(response, "list caches")
+    assert isinstance(response, ListCaches.Success)
+    return [cache.name for cache in response.caches]
 
 
 def create_cache(client: CacheClient, cache: str) -> bool:

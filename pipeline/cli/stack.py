@@ -292,6 +292,9 @@ def prepare_routes(stack: Stack, extra_topics: Iterable[tuple[str, str]] = ()) -
         caches |= {t.cache for t in route.targets() if _exact(t.cache)}
         if _exact(route.cache):
             caches.add(route.cache)
+    for change_route in table.changes:
+        targets = (change_route.publish, change_route.cache_set)
+        caches |= {t.cache for t in targets if t is not None and _exact(t.cache)}
     for cache in sorted(caches):
         httpx.post(f"{stack.momento_admin_url}/caches/{cache}", timeout=5.0).raise_for_status()
     topics = {(r.cache, r.topic) for r in routes if _exact(r.cache) and _exact(r.topic)}

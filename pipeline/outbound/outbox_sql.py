@@ -42,6 +42,7 @@ def lock_id(key: Any) -> Any:
 
 
 TRY_LOCK = select(func.pg_try_advisory_lock(lock_id(bindparam("p_key"))))
+LOCK = select(func.pg_advisory_lock(lock_id(bindparam("p_key"))))
 UNLOCK = select(func.pg_advisory_unlock(lock_id(bindparam("p_key"))))
 """A topic's driver lock, taken if free and let go (built once: ~80 µs of CPU a call less)."""
 MARK_SENT = (
@@ -60,6 +61,11 @@ MARK_SENT = (
 def try_lock(conn: Connection, key: str) -> bool:
     """Take a topic's session advisory lock if free (``conn`` should be in autocommit)."""
     return bool(conn.execute(TRY_LOCK, {"p_key": key}).scalar())
+
+
+def lock(conn: Connection, key: str) -> None:
+    """Take a topic's session advisory lock, waiting for its holder to let go."""
+    conn.execute(LOCK, {"p_key": key})
 
 
 def unlock(conn: Connection, key: str) -> None:

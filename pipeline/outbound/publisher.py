@@ -27,7 +27,14 @@ from pipeline.config import Settings
 from pipeline.errors import MomentoError
 from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus, outbox_status_is
 from pipeline.outbound import momento_client
-from pipeline.outbound.outbox_sql import MARK_SENT, SEND_COLUMNS, envelope, try_lock, unlock
+from pipeline.outbound.outbox_sql import (
+    MARK_SENT,
+    SEND_COLUMNS,
+    envelope,
+    lock,
+    try_lock,
+    unlock,
+)
 from pipeline.outbound.ratelimit import LocalBucket, TokenBucket
 from pipeline.stores import broker_url, is_redis, redis_url
 
@@ -134,6 +141,25 @@ class Publisher:
                 return self.flush_key(conn, key)
             finally:
                 unlock(conn, key)
+
+    def flush_keys_waiting(self, keys: Sequence[str]) -> SendReport:
+        """``flush_key`` for each key, waiting for its lock if another sender holds it.
+
+        For keys whose rows are few and quick to send (a change record's item): a holder that
+        read the key's rows before ours committed would leave them to the periodic drain; waiting
+        for it instead sends them now. One key's lock is held at a time, so no two senders wait
+        on each other.
+        """
+        report = SendReport()
+        with self.engine.connect() as raw:
+            conn = raw.execution_options(isolation_level="AUTOCOMMIT")
+            for key in keys:
+                lock(conn, key)
+                try:
+                    report.add(self.flush_key(conn, key))
+                finally:
+                    unlock(conn, key)
+        return report
 
     # -- unordered rows: claimed with SKIP LOCKED ------------------------------------------------
 

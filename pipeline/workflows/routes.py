@@ -9,6 +9,17 @@
     publish = { cache = "{cache}", topic = "topic 2" }
     cache_set = { cache = "{cache}", key = "latest:{topic}", ttl_seconds = 600 }
 
+A route may take change records (``POST /changes/{source}``) instead of topic events: it names
+``changes = "source:table"`` (globs allowed on both) in place of cache/topic, its workflow is
+optional (a Celery task that transforms the record), and its templates may name the record's
+``{source}``, ``{table}``, ``{op}``, ``{keys.NAME}``, ``{new.NAME}`` and ``{old.NAME}``:
+
+    [[routes]]
+    name = "user-cache"
+    changes = "dynamodb:user"
+    cache_set = { cache = "user", key = "{keys.id}", ttl_seconds = 300 }
+    publish = { cache = "user", topic = "user-changes" }
+
 Every route whose globs match an event runs. ``publish``/``cache_set`` are templates naming
 ``{cache}``/``{topic}`` of the inbound event and fields of the result (``workflows.output``).
 A bad file raises RoutesError naming the file, line and every problem; nothing starts with it.
@@ -44,6 +55,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 WORKFLOW_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 MAX_TTL_S = 24 * 3600  # Momento's on-demand TTL limit (MOMENTO.md, cache basics)
 ROUTE_KEYS = {"name", "cache", "topic", "workflow", "ordered", "publish", "cache_set"}
+CHANGE_ROUTE_KEYS = {"name", "changes", "workflow", "publish", "cache_set"}
+CHANGE_FIELD_RE = re.compile(r"^(source|table|op|(keys|new|old)\.[^{}:!\s]+)$")
+"""Template fields a change route may name without a workflow (one adds its result's fields)."""
 PUBLISH_KEYS = {"cache", "topic"}
 CACHE_SET_KEYS = {"cache", "key", "ttl_seconds"}
 
@@ -112,6 +126,23 @@ class Route:
 
 
 @dataclass(frozen=True)
+class ChangeRoute:
+    """A ``[[routes]]`` table with ``changes = "source:table"``: where change records go."""
+
+    name: str
+    source: str
+    table: str
+    workflow: str | None = None
+    publish: PublishTarget | None = None
+    cache_set: CacheTarget | None = None
+    line: int = 0
+
+    def matches(self, source: str, table: str) -> bool:
+        """Whether a change record of (source, table) runs this route."""
+        return fnmatchcase(source, self.source) and fnmatchcase(table, self.table)
+
+
+@dataclass(frozen=True)
 class RouteTable:
     """The routes of one file, in file order."""
 
@@ -119,6 +150,8 @@ class RouteTable:
     path: Path | None = None
     subscriptions: tuple[tuple[str, str], ...] = ()
     """(cache, topic) of every subscribed topic, in file order, each once."""
+    changes: tuple[ChangeRoute, ...] = ()
+    """The routes of change records, in file order (not among ``routes``)."""
     _by_name: dict[str, Route] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -127,6 +160,10 @@ class RouteTable:
     def matching(self, cache: str, topic: str) -> tuple[Route, ...]:
         """Every route an event of (cache, topic) runs, in file order."""
         return tuple(route for route in self.routes if route.matches(cache, topic))
+
+    def changes_matching(self, source: str, table: str) -> tuple[ChangeRoute, ...]:
+        """Every change route a record of (source, table) runs, in file order."""
+        return tuple(route for route in self.changes if route.matches(source, table))
 
     def get(self, name: str) -> Route:
         """The route called ``name``; RoutesError if the file has none."""
@@ -194,19 +231,27 @@ def parse_routes(text: str, path: Path, *, resolve: bool = True) -> RouteTable:
         problems.add(1, "routes must be an array of tables ([[routes]])")
         raw = []
     routes: list[Route] = []
+    changes: list[ChangeRoute] = []
     names: set[str] = set()
     for index, item in enumerate(raw):
-        route = _route(item, index, problems, resolve)
+        route: Route | ChangeRoute | None
+        if "changes" in item:
+            route = _change_route(item, index, problems, resolve)
+        else:
+            route = _route(item, index, problems, resolve)
         if route is None:
             continue
         if route.name in names:
             problems.add(route.line, f"route name {route.name!r} is used twice")
         names.add(route.name)
-        routes.append(route)
+        if isinstance(route, ChangeRoute):
+            changes.append(route)
+        else:
+            routes.append(route)
     subscriptions = _subscriptions(data.get("subscriptions", []), problems)
     if problems.found:
         raise RoutesError("\n".join(problems.found))
-    return RouteTable(tuple(routes), path, subscriptions)
+    return RouteTable(tuple(routes), path, subscriptions, tuple(changes))
 
 
 def _subscriptions(raw: Any, problems: _Problems) -> tuple[tuple[str, str], ...]:
@@ -290,8 +335,72 @@ def _route(item: dict[str, Any], index: int, problems: _Problems, resolve: bool)
     )
 
 
-def _table(item: dict[str, Any], key: str, known: set[str], bad: Any) -> dict[str, Any] | None:
-    """Validate an optional inline table of templates; None when absent or invalid."""
+def _change_route(
+    item: dict[str, Any], index: int, problems: _Problems, resolve: bool
+) -> ChangeRoute | None:
+    before = len(problems.found)
+    line = problems.route_line(index)
+    name = item.get("name")
+    label = f"route {name!r}" if isinstance(name, str) else f"route #{index + 1}"
+
+    def bad(key: str, message: str) -> None:
+        problems.add(problems.key_line(index, key), f"{label}: {message}")
+
+    for key in sorted(set(item) - CHANGE_ROUTE_KEYS):
+        bad(key, f"unknown key {key!r} in a changes route; known: {sorted(CHANGE_ROUTE_KEYS)}")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        bad("name", f"name must match {NAME_RE.pattern}, got {name!r}")
+    changes = item.get("changes")
+    source, sep, table = changes.partition(":") if isinstance(changes, str) else ("", "", "")
+    if not (source and sep and table):
+        bad("changes", f'changes must be "source:table" (globs allowed), got {changes!r}')
+    workflow = item.get("workflow")
+    if workflow is not None:
+        if not isinstance(workflow, str) or not WORKFLOW_RE.match(workflow):
+            bad("workflow", f"workflow must be 'module:attribute', got {workflow!r}")
+        elif resolve:
+            try:
+                from pipeline.workflows.results import resolve_workflow
+
+                if not resolve_workflow(workflow).is_task:
+                    bad("workflow", f"workflow {workflow!r}: a changes route runs a Celery task")
+            except (ImportError, AttributeError, TypeError) as exc:
+                bad("workflow", f"workflow {workflow!r} cannot be used: {exc}")
+    fields = None if workflow is not None else CHANGE_FIELD_RE
+    publish = _table(item, "publish", PUBLISH_KEYS, bad, fields)
+    cache_set = _table(item, "cache_set", CACHE_SET_KEYS, bad, fields)
+    ttl = cache_set.get("ttl_seconds") if cache_set else None
+    if cache_set and (
+        not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL_S
+    ):
+        bad("cache_set", f"cache_set.ttl_seconds must be an integer in 1..{MAX_TTL_S}, got {ttl!r}")
+    if "publish" not in item and "cache_set" not in item:
+        bad("changes", "a changes route needs publish, cache_set or both")
+    if len(problems.found) > before:
+        return None
+    return ChangeRoute(
+        name=str(name),
+        source=source,
+        table=table,
+        workflow=workflow,
+        publish=PublishTarget(**publish) if publish else None,
+        cache_set=CacheTarget(**cache_set) if cache_set else None,
+        line=line,
+    )
+
+
+def _table(
+    item: dict[str, Any],
+    key: str,
+    known: set[str],
+    bad: Any,
+    change_fields: re.Pattern[str] | None = None,
+) -> dict[str, Any] | None:
+    """Validate an optional inline table of templates; None when absent or invalid.
+
+    ``change_fields``: the table belongs to a changes route without a workflow, whose templates
+    may name only the record's fields.
+    """
     if key not in item:
         return None
     table = item[key]
@@ -309,9 +418,18 @@ def _table(item: dict[str, Any], key: str, known: set[str], bad: Any) -> dict[st
             ok = False
             continue
         try:
-            template_fields(value)
+            used = template_fields(value, dotted=change_fields is not None)
         except ValueError as exc:
             bad(key, f"{key}.{name} {value!r}: {exc}")
+            ok = False
+            continue
+        unknown = [field for field in used if change_fields and not change_fields.match(field)]
+        if unknown:
+            bad(
+                key,
+                f"{key}.{name} {value!r}: unknown field(s) {unknown}; a change record has "
+                "{source}, {table}, {op}, {keys.NAME}, {new.NAME}, {old.NAME}",
+            )
             ok = False
     return table if ok else None
 

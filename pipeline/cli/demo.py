@@ -145,7 +145,9 @@ def run_demo(stack: Stack, count: int, rate_per_s: float, timeout_s: float) -> b
         momento_client.close_client(publisher)
         momento_client.close_client(reader)
     _print_summary(stack, listener, messages, count, sent_at, started_at)
-    return ok
+    from pipeline.cli.demo_changes import run_change_demo
+
+    return run_change_demo(stack, timeout_s) and ok
 
 
 def _wait_until_done(

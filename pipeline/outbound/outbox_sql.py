@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, text, update
 
 from pipeline.models import OutboxMessage, OutboxStatus
 
@@ -42,7 +42,14 @@ def lock_id(key: Any) -> Any:
 
 
 TRY_LOCK = select(func.pg_try_advisory_lock(lock_id(bindparam("p_key"))))
-LOCK = select(func.pg_advisory_lock(lock_id(bindparam("p_key"))))
+_KEY_LOCKS = (
+    "SELECT {fn}(h) FROM (SELECT DISTINCT hashtextextended(k, 0) AS h "
+    "FROM unnest(CAST(:p_keys AS text[])) AS k ORDER BY h) AS ordered"
+)
+LOCK_ALL = text(_KEY_LOCKS.format(fn="pg_advisory_lock"))
+"""Take several keys' locks, waiting for their holders, in one global order (no deadlock
+between two callers doing the same)."""
+UNLOCK_ALL = text(_KEY_LOCKS.format(fn="pg_advisory_unlock"))
 UNLOCK = select(func.pg_advisory_unlock(lock_id(bindparam("p_key"))))
 """A topic's driver lock, taken if free and let go (built once: ~80 µs of CPU a call less)."""
 MARK_SENT = (
@@ -61,11 +68,6 @@ MARK_SENT = (
 def try_lock(conn: Connection, key: str) -> bool:
     """Take a topic's session advisory lock if free (``conn`` should be in autocommit)."""
     return bool(conn.execute(TRY_LOCK, {"p_key": key}).scalar())
-
-
-def lock(conn: Connection, key: str) -> None:
-    """Take a topic's session advisory lock, waiting for its holder to let go."""
-    conn.execute(LOCK, {"p_key": key})
 
 
 def unlock(conn: Connection, key: str) -> None:

@@ -28,10 +28,11 @@ from pipeline.errors import MomentoError
 from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus, outbox_status_is
 from pipeline.outbound import momento_client
 from pipeline.outbound.outbox_sql import (
+    LOCK_ALL,
     MARK_SENT,
     SEND_COLUMNS,
+    UNLOCK_ALL,
     envelope,
-    lock,
     try_lock,
     unlock,
 )
@@ -143,22 +144,46 @@ class Publisher:
                 unlock(conn, key)
 
     def flush_keys_waiting(self, keys: Sequence[str]) -> SendReport:
-        """``flush_key`` for each key, waiting for its lock if another sender holds it.
+        """Send what several ordering keys have pending, waiting for their locks.
 
-        For keys whose rows are few and quick to send (a change record's item): a holder that
-        read the key's rows before ours committed would leave them to the periodic drain; waiting
-        for it instead sends them now. One key's lock is held at a time, so no two senders wait
-        on each other.
+        For keys whose rows are few and quick to send (change records' items): a holder that
+        read a key's rows before ours committed would leave them to the periodic drain; waiting
+        for it sends them now. The keys' locks are taken together in one global order (two
+        callers cannot deadlock), their rows read in one query and marked sent in one update:
+        a few round trips per batch instead of per key. Each key's rows go in id order; a row
+        that must wait holds back the rest of its key only.
         """
+        if not keys:
+            return SendReport()
         report = SendReport()
+        sent: list[int] = []
         with self.engine.connect() as raw:
             conn = raw.execution_options(isolation_level="AUTOCOMMIT")
-            for key in keys:
-                lock(conn, key)
-                try:
-                    report.add(self.flush_key(conn, key))
-                finally:
-                    unlock(conn, key)
+            conn.execute(LOCK_ALL, {"p_keys": list(keys)})
+            try:
+                due = (OutboxMessage.next_attempt_at <= func.now()).label("due")
+                rows = conn.execute(
+                    select(*SEND_COLUMNS, due)
+                    .where(
+                        OutboxMessage.ordering_key.in_(list(keys)),
+                        outbox_status_is(OutboxStatus.PENDING),
+                    )
+                    .order_by(OutboxMessage.ordering_key, OutboxMessage.id)
+                ).all()
+                blocked: set[str] = set()
+                for row in rows:
+                    if row.ordering_key in blocked:
+                        continue
+                    if not row.due:
+                        blocked.add(row.ordering_key)
+                        continue
+                    step = self._attempt(conn, row, mark=sent)
+                    report.add(step)
+                    if step.retried:
+                        blocked.add(row.ordering_key)
+                self.mark_sent(conn, sent)
+            finally:
+                conn.execute(UNLOCK_ALL, {"p_keys": list(keys)})
         return report
 
     # -- unordered rows: claimed with SKIP LOCKED ------------------------------------------------
@@ -219,8 +244,11 @@ class Publisher:
         if ids:
             conn.execute(MARK_SENT, {"p_sent": list(ids)})
 
-    def _attempt(self, conn: Connection, row: Any) -> SendReport:
-        """Send one row that is this caller's alone and record the outcome through ``conn``."""
+    def _attempt(self, conn: Connection, row: Any, mark: list[int] | None = None) -> SendReport:
+        """Send one row that is this caller's alone and record the outcome through ``conn``.
+
+        With ``mark`` a sent row's id is added there, to be marked with others, instead of at once.
+        """
         try:
             self.send_now(row)
         except MomentoError as exc:
@@ -232,7 +260,10 @@ class Publisher:
             if row.attempts + 1 < self.settings.pipeline_publish_max_attempts:
                 return self._retry_later(conn, row, repr(exc))
             return self._give_up(conn, row, type(exc).__name__, repr(exc))
-        conn.execute(MARK_SENT, {"p_sent": [row.id]})
+        if mark is None:
+            conn.execute(MARK_SENT, {"p_sent": [row.id]})
+        else:
+            mark.append(row.id)
         return SendReport(sent=1)
 
     def send_now(self, row: Any) -> None:

@@ -52,3 +52,7 @@ def test_demo_relays_every_message_in_order_and_exits_zero(tmp_path: Path) -> No
     assert "relay in sequence order True (20/20)" in out
     assert re.search(r"received on demo/topic 2\s+20\b", out)
     assert re.search(r"received on fx/order-results\s+[1-9]", out)
+    # Change records: the weather stations' table, its late MODIFY unable to resurrect Osaka.
+    assert re.search(r"received on weather/station-changes\s+5:", out)
+    assert re.search(r"cache station:Osaka\s+deleted", out)
+    assert "never stale             True" in out

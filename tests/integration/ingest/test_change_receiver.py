@@ -8,6 +8,9 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from pipeline.config import Settings
 from tests.change_support import API_KEY, key_headers, stream_record
@@ -132,3 +135,49 @@ def test_an_unreachable_broker_is_a_503_not_a_500(
     assert response.status_code == 503
     assert response.json()["error"] in ("broker_unavailable", "overloaded")
     assert response.headers["retry-after"]
+
+
+def test_the_openapi_document_describes_the_changes_route(
+    change_settings: Settings, receiver_factory: Callable[..., ReceiverServer]
+) -> None:
+    receiver = receiver_factory(change_settings)
+    spec = httpx.get(f"{receiver.url}/openapi.json").json()
+    post = spec["paths"]["/changes/{source}"]["post"]
+    assert set(post["responses"]) == {"200", "400", "401", "405", "413", "415", "503"}
+    assert "bad_api_key" in post["responses"]["401"]["content"]["application/json"]["examples"]
+    assert "ChangeRecord" in spec["components"]["schemas"]
+
+
+KEYS = ["eventName", "dynamodb", "Keys", "table", "keys", "op", "seq", "S", "N", "M", "eventID",
+        "eventSourceARN", "new", "SequenceNumber"]  # fmt: skip
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=4), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def test_no_json_body_however_odd_gets_a_server_error(
+    change_settings: Settings, receiver_factory: Callable[..., ReceiverServer]
+) -> None:
+    receiver = receiver_factory(change_settings)
+    valid = stream_record("MODIFY", {"id": "u1"}, 1, new={"id": "u1"})
+    seen: set[int] = set()
+    with httpx.Client(base_url=receiver.url, timeout=10) as client:
+
+        @hypothesis_settings(max_examples=150, deadline=None, database=None,
+                             suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+        @given(value=json_values | st.just(valid) | st.just([valid, valid]))
+        def check(value: object) -> None:
+            response = client.post("/changes/dynamodb", content=json.dumps(value),
+                                   headers=key_headers())  # fmt: skip
+            seen.add(response.status_code)
+            assert response.status_code in (200, 400), response.text
+            if response.status_code == 400:
+                assert response.json()["error"] == "malformed_body"
+
+        check()
+    assert seen == {200, 400}, f"the strategy reaches too few outcomes: {seen}"

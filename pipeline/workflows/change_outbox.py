@@ -28,8 +28,9 @@ from sqlalchemy import Connection, text
 
 from pipeline.models import OutboxKind, OutboxStatus
 from pipeline.outbound.outbox_sql import SEND_COLUMNS
+from pipeline.workflows.change_routes import ChangeRoute
 from pipeline.workflows.results import Output, parse_output, resolve_workflow
-from pipeline.workflows.routes import ChangeRoute, RouteTable
+from pipeline.workflows.routes import RouteTable
 from pipeline.workflows.templates import render_flat
 
 logger = logging.getLogger(__name__)

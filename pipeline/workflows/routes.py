@@ -47,36 +47,25 @@ from typing import Any
 
 from pipeline.config import Settings
 from pipeline.errors import RoutesError
-from pipeline.workflows.templates import fill_known, template_fields
+from pipeline.workflows.change_routes import ChangeRoute, parse_change_route
+from pipeline.workflows.route_tables import (
+    CACHE_SET_KEYS,
+    NAME_RE,
+    PUBLISH_KEYS,
+    WORKFLOW_RE,
+    CacheTarget,
+    Problems,
+    PublishTarget,
+    check_ttl,
+    template_table,
+)
+from pipeline.workflows.templates import fill_known
 
 logger = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-WORKFLOW_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-MAX_TTL_S = 24 * 3600  # Momento's on-demand TTL limit (MOMENTO.md, cache basics)
 ROUTE_KEYS = {"name", "cache", "topic", "workflow", "ordered", "publish", "cache_set"}
-CHANGE_ROUTE_KEYS = {"name", "changes", "workflow", "publish", "cache_set"}
-CHANGE_FIELD_RE = re.compile(r"^(source|table|op|(keys|new|old)\.[^{}:!\s]+)$")
-"""Template fields a change route may name without a workflow (one adds its result's fields)."""
-PUBLISH_KEYS = {"cache", "topic"}
-CACHE_SET_KEYS = {"cache", "key", "ttl_seconds"}
 
 
-@dataclass(frozen=True)
-class PublishTarget:
-    """Templates of the outbound (cache, topic)."""
-
-    cache: str
-    topic: str
-
-
-@dataclass(frozen=True)
-class CacheTarget:
-    """Templates of the write-through (cache, key) and its TTL."""
-
-    cache: str
-    key: str
-    ttl_seconds: int
 
 
 @dataclass(frozen=True)
@@ -126,23 +115,6 @@ class Route:
 
 
 @dataclass(frozen=True)
-class ChangeRoute:
-    """A ``[[routes]]`` table with ``changes = "source:table"``: where change records go."""
-
-    name: str
-    source: str
-    table: str
-    workflow: str | None = None
-    publish: PublishTarget | None = None
-    cache_set: CacheTarget | None = None
-    line: int = 0
-
-    def matches(self, source: str, table: str) -> bool:
-        """Whether a change record of (source, table) runs this route."""
-        return fnmatchcase(source, self.source) and fnmatchcase(table, self.table)
-
-
-@dataclass(frozen=True)
 class RouteTable:
     """The routes of one file, in file order."""
 
@@ -179,37 +151,6 @@ class RouteTable:
         return iter(self.routes)
 
 
-class _Problems:
-    """Collects problems with their lines, so one error names all of them."""
-
-    def __init__(self, path: Path, text: str) -> None:
-        self.path = path
-        self.lines = text.splitlines()
-        self.headers = [
-            i + 1
-            for i, line in enumerate(self.lines)
-            if re.match(r"^\s*\[\[\s*routes\s*\]\]", line)
-        ]
-        self.found: list[str] = []
-
-    def route_line(self, index: int) -> int:
-        """Line of the index-th ``[[routes]]`` header (1 if routes are written inline)."""
-        return self.headers[index] if index < len(self.headers) else 1
-
-    def key_line(self, index: int, key: str) -> int:
-        """Line where route ``index`` sets ``key`` (its header line if not found)."""
-        start = self.route_line(index)
-        end = self.headers[index + 1] if index + 1 < len(self.headers) else len(self.lines) + 1
-        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
-        for number in range(start, end):
-            if pattern.match(self.lines[number - 1]):
-                return number
-        return start
-
-    def add(self, line: int, message: str) -> None:
-        self.found.append(f"{self.path}:{line}: {message}")
-
-
 def parse_routes(text: str, path: Path, *, resolve: bool = True) -> RouteTable:
     """Parse and validate a routes file's text; with ``resolve`` also import every workflow."""
     try:
@@ -218,7 +159,7 @@ def parse_routes(text: str, path: Path, *, resolve: bool = True) -> RouteTable:
         found = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
         where = f"{found.group(1)}:{found.group(2)}" if found else "1"
         raise RoutesError(f"{path}:{where}: not valid TOML: {exc}") from exc
-    problems = _Problems(path, text)
+    problems = Problems(path, text)
     unknown = sorted(set(data) - {"routes", "subscriptions"})
     if unknown:
         problems.add(
@@ -236,7 +177,7 @@ def parse_routes(text: str, path: Path, *, resolve: bool = True) -> RouteTable:
     for index, item in enumerate(raw):
         route: Route | ChangeRoute | None
         if "changes" in item:
-            route = _change_route(item, index, problems, resolve)
+            route = parse_change_route(item, index, problems, resolve)
         else:
             route = _route(item, index, problems, resolve)
         if route is None:
@@ -254,7 +195,7 @@ def parse_routes(text: str, path: Path, *, resolve: bool = True) -> RouteTable:
     return RouteTable(tuple(routes), path, subscriptions, tuple(changes))
 
 
-def _subscriptions(raw: Any, problems: _Problems) -> tuple[tuple[str, str], ...]:
+def _subscriptions(raw: Any, problems: Problems) -> tuple[tuple[str, str], ...]:
     """The ``[[subscriptions]]`` tables as (cache, topic) pairs; problems noted with lines."""
     lines = [i + 1 for i, line in enumerate(problems.lines)
              if re.match(r"^\s*\[\[\s*subscriptions\s*\]\]", line)]  # fmt: skip
@@ -284,7 +225,7 @@ def _subscriptions(raw: Any, problems: _Problems) -> tuple[tuple[str, str], ...]
     return tuple(found)
 
 
-def _route(item: dict[str, Any], index: int, problems: _Problems, resolve: bool) -> Route | None:
+def _route(item: dict[str, Any], index: int, problems: Problems, resolve: bool) -> Route | None:
     before = len(problems.found)
     line = problems.route_line(index)
     name = item.get("name")
@@ -314,13 +255,9 @@ def _route(item: dict[str, Any], index: int, problems: _Problems, resolve: bool)
     ordered = item.get("ordered", False)
     if not isinstance(ordered, bool):
         bad("ordered", f"ordered must be true or false, got {ordered!r}")
-    publish = _table(item, "publish", PUBLISH_KEYS, bad)
-    cache_set = _table(item, "cache_set", CACHE_SET_KEYS, bad)
-    ttl = cache_set.get("ttl_seconds") if cache_set else None
-    if cache_set and (
-        not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL_S
-    ):
-        bad("cache_set", f"cache_set.ttl_seconds must be an integer in 1..{MAX_TTL_S}, got {ttl!r}")
+    publish = template_table(item, "publish", PUBLISH_KEYS, bad)
+    cache_set = template_table(item, "cache_set", CACHE_SET_KEYS, bad)
+    check_ttl(cache_set, bad)
     if len(problems.found) > before:
         return None
     return Route(
@@ -333,105 +270,6 @@ def _route(item: dict[str, Any], index: int, problems: _Problems, resolve: bool)
         cache_set=CacheTarget(**cache_set) if cache_set else None,
         line=line,
     )
-
-
-def _change_route(
-    item: dict[str, Any], index: int, problems: _Problems, resolve: bool
-) -> ChangeRoute | None:
-    before = len(problems.found)
-    line = problems.route_line(index)
-    name = item.get("name")
-    label = f"route {name!r}" if isinstance(name, str) else f"route #{index + 1}"
-
-    def bad(key: str, message: str) -> None:
-        problems.add(problems.key_line(index, key), f"{label}: {message}")
-
-    for key in sorted(set(item) - CHANGE_ROUTE_KEYS):
-        bad(key, f"unknown key {key!r} in a changes route; known: {sorted(CHANGE_ROUTE_KEYS)}")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        bad("name", f"name must match {NAME_RE.pattern}, got {name!r}")
-    changes = item.get("changes")
-    source, sep, table = changes.partition(":") if isinstance(changes, str) else ("", "", "")
-    if not (source and sep and table):
-        bad("changes", f'changes must be "source:table" (globs allowed), got {changes!r}')
-    workflow = item.get("workflow")
-    if workflow is not None:
-        if not isinstance(workflow, str) or not WORKFLOW_RE.match(workflow):
-            bad("workflow", f"workflow must be 'module:attribute', got {workflow!r}")
-        elif resolve:
-            try:
-                from pipeline.workflows.results import resolve_workflow
-
-                if not resolve_workflow(workflow).is_task:
-                    bad("workflow", f"workflow {workflow!r}: a changes route runs a Celery task")
-            except (ImportError, AttributeError, TypeError) as exc:
-                bad("workflow", f"workflow {workflow!r} cannot be used: {exc}")
-    fields = None if workflow is not None else CHANGE_FIELD_RE
-    publish = _table(item, "publish", PUBLISH_KEYS, bad, fields)
-    cache_set = _table(item, "cache_set", CACHE_SET_KEYS, bad, fields)
-    ttl = cache_set.get("ttl_seconds") if cache_set else None
-    if cache_set and (
-        not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL_S
-    ):
-        bad("cache_set", f"cache_set.ttl_seconds must be an integer in 1..{MAX_TTL_S}, got {ttl!r}")
-    if "publish" not in item and "cache_set" not in item:
-        bad("changes", "a changes route needs publish, cache_set or both")
-    if len(problems.found) > before:
-        return None
-    return ChangeRoute(
-        name=str(name),
-        source=source,
-        table=table,
-        workflow=workflow,
-        publish=PublishTarget(**publish) if publish else None,
-        cache_set=CacheTarget(**cache_set) if cache_set else None,
-        line=line,
-    )
-
-
-def _table(
-    item: dict[str, Any],
-    key: str,
-    known: set[str],
-    bad: Any,
-    change_fields: re.Pattern[str] | None = None,
-) -> dict[str, Any] | None:
-    """Validate an optional inline table of templates; None when absent or invalid.
-
-    ``change_fields``: the table belongs to a changes route without a workflow, whose templates
-    may name only the record's fields.
-    """
-    if key not in item:
-        return None
-    table = item[key]
-    if not isinstance(table, dict):
-        bad(key, f"{key} must be a table like {{ {', '.join(sorted(known))} }}")
-        return None
-    ok = True
-    for extra in sorted(set(table) - known):
-        bad(key, f"{key} has unknown key {extra!r}; known: {sorted(known)}")
-        ok = False
-    for name in sorted(known - {"ttl_seconds"}):
-        value = table.get(name)
-        if not isinstance(value, str) or not value:
-            bad(key, f"{key}.{name} must be a non-empty string, got {value!r}")
-            ok = False
-            continue
-        try:
-            used = template_fields(value, dotted=change_fields is not None)
-        except ValueError as exc:
-            bad(key, f"{key}.{name} {value!r}: {exc}")
-            ok = False
-            continue
-        unknown = [field for field in used if change_fields and not change_fields.match(field)]
-        if unknown:
-            bad(
-                key,
-                f"{key}.{name} {value!r}: unknown field(s) {unknown}; a change record has "
-                "{source}, {table}, {op}, {keys.NAME}, {new.NAME}, {old.NAME}",
-            )
-            ok = False
-    return table if ok else None
 
 
 def load_routes(path: Path, *, resolve: bool = True, required: bool = True) -> RouteTable:

@@ -61,7 +61,7 @@ def parse_items(items: Sequence[ChangeItem]) -> tuple[list[tuple[ChangeRecord, i
     for item in items:
         try:
             source, body, received_ms = str(item[0]), item[1], int(item[2])
-            parsed = parse_changes(body, source)
+            parsed = parse_changes(body, source, checked=True)
         except (MalformedBody, TypeError, ValueError, IndexError) as exc:
             poison.append((item, str(exc)))
             continue

@@ -7,6 +7,7 @@ digit. Binary (``B``, ``BS``) stays the base64 text the stream carries; sets bec
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -97,7 +98,17 @@ def _kind(value: Any) -> str:
 
 
 def dumps(value: Any, *, sort_keys: bool = False) -> str:
-    """Compact JSON that writes Decimals as the numbers they are, digit for digit."""
+    """Compact JSON that writes Decimals as the numbers they are, digit for digit.
+
+    Values without a Decimal go through the standard library's encoder (several times faster);
+    the same value always takes the same path, so its text never changes.
+    """
+    try:
+        return json.dumps(
+            value, allow_nan=False, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys
+        )
+    except TypeError:
+        pass
     return simplejson.dumps(
         value,
         use_decimal=True,

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     pipeline_change_api_key_header: str = Field(default="x-api-key", pattern=r"^[A-Za-z0-9-]+$")
     pipeline_change_basic_auth: Annotated[list[str], NoDecode] = Field(default_factory=list)
     pipeline_change_max_body_bytes: int = Field(default=1024 * 1024, ge=256, le=16 * 1024 * 1024)
+    pipeline_change_batch_max_wait_ms: float = Field(default=100.0, ge=0, le=1000)
     pipeline_replay_window_s: float = Field(default=60.0, gt=0)
     pipeline_future_skew_s: float = Field(default=30.0, ge=0)
     pipeline_routes: Path = Path("routes.toml")

@@ -115,7 +115,9 @@ class WebhookReceiver:
             send_changes if send_changes is not None else send_batch,
             max_batch=settings.pipeline_batch_max_events,
             wait_s=settings.pipeline_batch_wait_ms / 1000,
-            max_wait_s=settings.pipeline_batch_max_wait_ms / 1000,
+            # Change batches cost their worker a few round trips each, whatever their size: while
+            # the workers are behind, fewer, fuller batches catch up sooner.
+            max_wait_s=settings.pipeline_change_batch_max_wait_ms / 1000,
             max_pending=settings.pipeline_max_pending_events,
             timeout_s=settings.pipeline_enqueue_timeout_s,
         )

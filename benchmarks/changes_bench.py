@@ -48,7 +48,10 @@ from benchmarks.ingest_bench import (  # noqa: E402
 )
 
 SOURCE, TABLE, CACHE = "dynamodb", "bench-users", "bench-users"
-ARN = f"arn:aws:dynamodb:eu-west-1:123456789012:table/{TABLE}/stream/2026-12-01T00:00:00.000"
+LOAD_TABLE = "bench-load"
+"""The throughput phase's table: its items are not the latency phase's, whose (lower) sequence
+numbers would otherwise all be older than what is stored, and rightly never applied."""
+ARN = "arn:aws:dynamodb:eu-west-1:123456789012:table/{table}/stream/2026-12-01T00:00:00.000"
 API_KEY = secrets.token_hex(16)
 ROUTES = f"""
 [[routes]]
@@ -58,7 +61,7 @@ cache_set = {{ cache = "{CACHE}", key = "{{keys.id}}", ttl_seconds = 600 }}
 """
 
 
-def record(run: str, seq: int, item: int) -> dict[str, object]:
+def record(run: str, seq: int, item: int, table: str = TABLE) -> dict[str, object]:
     """A MODIFY of item ``item`` with stream sequence number ``seq`` (NEW_AND_OLD_IMAGES)."""
     key = {"id": {"S": f"user-{item}"}}
     image = key | {"name": {"S": f"name {seq}"}, "score": {"N": f"{seq}.5"}}
@@ -66,7 +69,7 @@ def record(run: str, seq: int, item: int) -> dict[str, object]:
         "eventID": f"{run}-{seq}",
         "eventName": "MODIFY",
         "eventSource": "aws:dynamodb",
-        "eventSourceARN": ARN,
+        "eventSourceARN": ARN.format(table=table),
         "dynamodb": {
             "ApproximateCreationDateTime": int(time.time()),
             "Keys": key,
@@ -185,7 +188,9 @@ def pipeline(args: argparse.Namespace, env: dict[str, str], home: Path, name: st
 
 def throughput(args: argparse.Namespace, env: dict[str, str], home: Path, db_url: str) -> None:
     run = f"t{int(time.time())}"
-    records = [record(run, seq, seq % args.items) for seq in range(1, args.records + 1)]
+    records = [
+        record(run, seq, seq % args.items, LOAD_TABLE) for seq in range(1, args.records + 1)
+    ]
     with pipeline(args, env, home, "throughput") as port:
         requests = []
         for i in range(0, len(records), args.batch):

@@ -14,7 +14,7 @@ from pipeline.ingest.change_store import ChangeStoreResult, store_change_batch
 from pipeline.ingest.ledger import settle_stored
 from pipeline.workflows.routes import routes_for
 from tasks.ingest import TASK_OPTIONS, store_items
-from tasks.publish import publisher
+from tasks.publish import drain, publisher
 
 logger = get_task_logger(__name__)
 
@@ -38,8 +38,6 @@ def store_and_send(
         try:
             report = publisher().flush_keys_waiting(keys)
             if report.retry_in_s is not None:
-                from tasks.publish import drain
-
                 drain.apply_async(countdown=report.retry_in_s)
         except Exception as exc:  # the drain sends them
             logger.warning("change rows left to the drain keys=%d error=%r", len(keys), exc)

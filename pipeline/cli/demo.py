@@ -1,7 +1,8 @@
 """`pipeline demo`: the whole pipeline plus traffic from the seed scenarios, then a summary.
 
 Publishes with the official SDK to the inbound topics of the sample routes (uppercase relay, chat
-moderation, weather cache, FX rates and orders), listens on their outbound topics with resilient
+moderation, weather cache, FX rates and orders), posts the weather stations' change records
+(``demo_changes``), listens on their outbound topics with resilient
 subscriptions, waits until every event is stored and every expected result has come back, and
 prints what happened: events in, stored, lost, duplicates, published out, latency.
 """
@@ -20,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 import click
 from sqlalchemy import text
 
+from pipeline.cli.demo_changes import run_change_demo
 from pipeline.cli.stack import Stack, prepare_routes, start_listener
 from pipeline.db import get_engine
 from pipeline.outbound import momento_client
@@ -145,8 +147,6 @@ def run_demo(stack: Stack, count: int, rate_per_s: float, timeout_s: float) -> b
         momento_client.close_client(publisher)
         momento_client.close_client(reader)
     _print_summary(stack, listener, messages, count, sent_at, started_at)
-    from pipeline.cli.demo_changes import run_change_demo
-
     return run_change_demo(stack, timeout_s) and ok
 
 

@@ -4,6 +4,9 @@ records stored once however often they are delivered."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 import httpx
@@ -181,3 +184,13 @@ def test_no_json_body_however_odd_gets_a_server_error(
 
         check()
     assert seen == {200, 400}, f"the strategy reaches too few outcomes: {seen}"
+
+
+def test_the_receiver_command_refuses_to_start_with_no_credential_at_all(db: Settings) -> None:
+    env = dict(os.environ) | {"PIPELINE_WEBHOOK_SECRETS": "", "PIPELINE_CHANGE_API_KEYS": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "receiver", "--port", "1"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "PIPELINE_CHANGE_API_KEYS" in result.stderr

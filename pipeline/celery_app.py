@@ -20,6 +20,7 @@ from pipeline.stores import broker_url, is_redis
 QUEUES = ("ingest", "sequence", "workflows", "publish", "aggregate")
 TASK_MODULES = (
     "tasks.ingest",
+    "tasks.changes",
     "tasks.sequence",
     "tasks.workflows",
     "tasks.publish",
@@ -83,7 +84,8 @@ def build_config(settings: Settings) -> dict[str, Any]:
         "task_default_exchange": "pipeline",
         "task_default_routing_key": "workflows",
         "task_routes": {f"tasks.{name}.*": {"queue": name} for name in QUEUES}
-        | {"tasks.ingest.*": {"queue": "ingest"}, "tasks.examples.*": {"queue": "workflows"}},
+        | {"tasks.ingest.*": {"queue": "ingest"}, "tasks.changes.*": {"queue": "ingest"}}
+        | {"tasks.examples.*": {"queue": "workflows"}},
         # Redis redelivers a message nobody acked within the visibility timeout. Live workers
         # re-stamp what they hold every second (ingest.held_deliveries), so the timeout is how
         # long a holder has been gone, not how long a task or a retry countdown may take.

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
 
     pipeline_home: Path | None = None
     pipeline_webhook_secrets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    pipeline_change_api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    pipeline_change_api_key_header: str = Field(default="x-api-key", pattern=r"^[A-Za-z0-9-]+$")
+    pipeline_change_basic_auth: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    pipeline_change_max_body_bytes: int = Field(default=1024 * 1024, ge=256, le=16 * 1024 * 1024)
     pipeline_replay_window_s: float = Field(default=60.0, gt=0)
     pipeline_future_skew_s: float = Field(default=30.0, ge=0)
     pipeline_routes: Path = Path("routes.toml")
@@ -64,7 +68,12 @@ class Settings(BaseSettings):
     flower_user: str = "admin"
     flower_password: SecretStr | None = None
 
-    @field_validator("pipeline_webhook_secrets", mode="before")
+    @field_validator(
+        "pipeline_webhook_secrets",
+        "pipeline_change_api_keys",
+        "pipeline_change_basic_auth",
+        mode="before",
+    )
     @classmethod
     def _secrets_from_csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -73,6 +82,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_home_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("pipeline_change_basic_auth")
+    @classmethod
+    def _user_colon_password(cls, value: list[str]) -> list[str]:
+        if any(":" not in pair or pair.startswith(":") for pair in value):
+            raise ValueError("must be comma-separated user:password pairs")
+        return value
 
     @field_validator("momento_local")
     @classmethod

@@ -11,8 +11,10 @@ PipelineError
 ├── MomentoError                the Momento SDK returned an error (see momento_client)
 └── RejectedWebhook             a webhook request was refused; carries code and status_code
     ├── BadSignature      401   missing or wrong momento-signature
+    ├── BadApiKey         401   change records: missing or wrong API key (or basic auth)
     ├── StaleEvent        401   publish_timestamp outside the replay window
     ├── MalformedBody     400   not JSON, or fields of the wrong type
+    ├── InvalidSource     400   change records: the path's {source} is not a valid name
     │   └── TimestampOutOfRange 400 event_timestamp outside the accepted range
     ├── UnsupportedMediaType 415 content-type is not JSON
     └── BodyTooLarge      413   body longer than the configured limit
@@ -80,6 +82,13 @@ class BadSignature(RejectedWebhook):
     status_code = 401
 
 
+class BadApiKey(RejectedWebhook):
+    """A change-record request carries no API key (nor basic auth) matching a configured one."""
+
+    code = "bad_api_key"
+    status_code = 401
+
+
 class StaleEvent(RejectedWebhook):
     """The publish_timestamp is older than the replay window or too far in the future."""
 
@@ -91,6 +100,13 @@ class MalformedBody(RejectedWebhook):
     """The body is not a JSON object with Momento's fields of the right types."""
 
     code = "malformed_body"
+    status_code = 400
+
+
+class InvalidSource(RejectedWebhook):
+    """The ``{source}`` of ``POST /changes/{source}`` is not a valid name."""
+
+    code = "invalid_source"
     status_code = 400
 
 

@@ -23,6 +23,14 @@ WEBHOOK_REQUESTS = Counter(
     "Webhook requests by outcome (accepted, rejected, unavailable) and reason.",
     ["outcome", "reason"],
 )
+CHANGE_REQUESTS = Counter(
+    "pipeline_change_requests",
+    "POST /changes/{source} requests by outcome (accepted, rejected, unavailable) and reason.",
+    ["outcome", "reason"],
+)
+CHANGE_RECORDS = Counter(
+    "pipeline_change_records", "Change records accepted (durable in the broker)."
+)
 BATCH_SIZE = Histogram(
     "pipeline_ingest_batch_size_events",
     "Events per broker message (group commit).",

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     Float,
     Index,
     Integer,
     MetaData,
+    Numeric,
     String,
     Text,
     UniqueConstraint,
@@ -363,3 +366,58 @@ class Listener(Base):
     holder: Mapped[str] = mapped_column(String(255), primary_key=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+SEQ_DIGITS = 40
+"""Change sequence numbers are compared as integers of up to 40 digits (DynamoDB's)."""
+
+
+class ChangeRecordRow(Base):
+    """One change record (``POST /changes/{source}``), stored once.
+
+    ``idempotency_key`` is the natural key within the source: ``ddb:<eventID>`` for a DynamoDB
+    stream record, ``seq:<sha256 of table, keys, seq>`` for the plain shape. ``applied`` tells
+    whether the record was newer than everything before it for its item (and so went to the
+    cache and topics); a record that arrived after a newer one is kept, not applied.
+    """
+
+    __tablename__ = "change_records"
+    __table_args__ = (
+        UniqueConstraint("source", "idempotency_key"),
+        Index("ix_change_records_item_seq", "source", "table_name", "item_key", "seq"),
+        Index("ix_change_records_received_at", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(100))
+    table_name: Mapped[str] = mapped_column(String(255))
+    item_key: Mapped[str] = mapped_column(Text)
+    op: Mapped[str] = mapped_column(String(8))
+    event_name: Mapped[str | None] = mapped_column(String(8))
+    seq: Mapped[Decimal] = mapped_column(Numeric(SEQ_DIGITS, 0))
+    keys: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    new_image: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    old_image: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    applied: Mapped[bool] = mapped_column(Boolean)
+    changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ChangeItem(Base):
+    """The newest change applied to one item: the guard that keeps caches from going stale.
+
+    A record is applied only if its ``seq`` is greater than the item's. A REMOVE leaves the row
+    with ``deleted`` set (a tombstone), so a MODIFY delivered late cannot bring the item back.
+    """
+
+    __tablename__ = "change_items"
+
+    source: Mapped[str] = mapped_column(String(100), primary_key=True)
+    table_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    item_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    seq: Mapped[Decimal] = mapped_column(Numeric(SEQ_DIGITS, 0))
+    deleted: Mapped[bool] = mapped_column(Boolean)
+    record_id: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

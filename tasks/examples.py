@@ -7,8 +7,11 @@
   topic (a chain: parse, then compare with the previous record).
 - ``fx_rate`` / ``fx_order``: cache each pair's latest rate with a short TTL; accept an order if a
   live cached rate satisfies its limit, else expire it.
+- ``station_headline``: a ``changes`` route's workflow: a weather station's change record as a
+  one-line headline on the topic (the cache still gets the whole item).
 
-Every workflow receives the event as a dict (``pipeline.workflows.results.event_view``).
+Every workflow receives the event as a dict (``pipeline.workflows.results.event_view``); a
+``changes`` route's receives the change record (``pipeline.ingest.changes.ChangeRecord.view``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import re
 from functools import cache
 from typing import Any
 
+import simplejson
 from celery import chain, chord, group
 from celery.canvas import Signature
 
@@ -135,3 +139,15 @@ def fx_order(event: dict[str, Any]) -> str:
     meets = rate is not None and (rate <= limit if order["side"] == "buy" else rate >= limit)
     status = "accepted" if meets else "expired"
     return json.dumps({"order": order["id"], "pair": pair, "status": status, "rate": rate})
+
+
+@app.task(name="tasks.examples.station_headline")
+def station_headline(change: dict[str, Any]) -> dict[str, Any]:
+    """``Paris: 21.5 C`` for an upsert, ``Paris: removed`` for a delete; the cache keeps the
+    item as JSON (the route's default), so only the topic's text changes."""
+    station = change["keys"].get("location", "?")
+    if change["op"] == "delete":
+        return output(f"{station}: removed", cache="delete", station=station)
+    new = change["new"] or {}
+    value = simplejson.dumps(new, use_decimal=True, separators=(",", ":"))
+    return output(f"{station}: {new.get('temp_c')} C", value=value, station=station)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import kombu.exceptions
 import redis
@@ -69,8 +70,27 @@ def store_subscribed(self: Task, items: list[list[Any]]) -> dict[str, int]:
     return store_items(self.request.id, items, subscription_rows)
 
 
-def store_items(batch_id: str, items: list[list[Any]], rows_of: RowsOf) -> dict[str, int]:
-    """Store a batch; waits in place while a store is down.
+class Stored(Protocol):
+    """What storing a batch reports (``StoreResult``, or a change batch's result)."""
+
+    new_ids: list[int]
+    duplicates: int
+    dead: int
+    replayed: bool
+
+
+Store = Callable[[Settings, str, list[list[Any]], str], Stored]
+"""Stores a batch and hands it on: (settings, broker, items, batch id) -> what it did."""
+
+
+def store_items(
+    batch_id: str,
+    items: list[list[Any]],
+    rows_of: RowsOf | None = None,
+    store: Store | None = None,
+) -> dict[str, int]:
+    """Store a batch (``store``, by default the webhook/subscription path with ``rows_of``);
+    waits in place while a store is down.
 
     The task keeps its broker message while it waits instead of re-sending itself (Celery's
     retry would): the batch keeps its place in the queue's order, and stays held by this live
@@ -83,7 +103,10 @@ def store_items(batch_id: str, items: list[list[Any]], rows_of: RowsOf) -> dict[
     failures = 0
     for attempt in itertools.count():
         try:
-            result = _store_and_hand_over(settings, broker, items, batch_id, rows_of)
+            if store is None:
+                result: Stored = _store_and_hand_over(settings, broker, items, batch_id, rows_of)
+            else:
+                result = store(settings, broker, items, batch_id)
             break
         except TRANSIENT as exc:  # a store is down: wait for it, however long
             delay_s = random.uniform(0.5, 1.0) * min(BACKOFF_MAX_S, 2.0**attempt)
@@ -111,7 +134,7 @@ def store_items(batch_id: str, items: list[list[Any]], rows_of: RowsOf) -> dict[
 
 
 def _store_and_hand_over(
-    settings: Settings, broker: str, items: list[list[Any]], batch_id: str, rows_of: RowsOf
+    settings: Settings, broker: str, items: list[list[Any]], batch_id: str, rows_of: RowsOf | None
 ) -> StoreResult:
     hold_s = settings.pipeline_backlog_hold_s
 

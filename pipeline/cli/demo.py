@@ -1,7 +1,8 @@
 """`pipeline demo`: the whole pipeline plus traffic from the seed scenarios, then a summary.
 
 Publishes with the official SDK to the inbound topics of the sample routes (uppercase relay, chat
-moderation, weather cache, FX rates and orders), listens on their outbound topics with resilient
+moderation, weather cache, FX rates and orders), posts the weather stations' change records
+(``demo_changes``), listens on their outbound topics with resilient
 subscriptions, waits until every event is stored and every expected result has come back, and
 prints what happened: events in, stored, lost, duplicates, published out, latency.
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 
 import click
 
+from pipeline.cli.demo_changes import run_change_demo
 from pipeline.cli.demo_run import DemoRun, RunCounts
 from pipeline.cli.stack import Stack, prepare_routes, start_listener
 from pipeline.db import get_engine
@@ -161,7 +163,7 @@ def run_demo(stack: Stack, count: int, rate_per_s: float, timeout_s: float) -> b
     counts = run.counts(get_engine(settings), _inbound(messages))
     click.echo("")
     click.echo(summary_text(counts, listener, messages, count, sent_at))
-    return ok
+    return run_change_demo(stack, timeout_s) and ok
 
 
 def _wait_until_done(
@@ -215,7 +217,15 @@ def summary_text(
         ("outbox rows sent", str(counts.outbox_sent)),
     ]
     rows += [
-        (f"received on {cache}/{topic}", str(len(listener.received[(cache, topic)])))
+        (
+            f"received on {cache}/{topic}",
+            f"{len(listener.received[(cache, topic)])}"
+            + (
+                "   (while this run listened; its messages carry no run tag)"
+                if (cache, topic) in UNTAGGED
+                else ""
+            ),
+        )
         for cache, topic in OUTBOUND
     ]
     rows.append(("relay in sequence order", f"{in_order} ({len(relayed)}/{count})"))

@@ -145,13 +145,16 @@ def flower(host: str, port: int, persistent: bool) -> None:
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True, help="Receiver processes.")
 def receiver(host: str, port: int, workers: int) -> None:
-    """Run the webhook receiver (POST /webhooks/momento, /healthz, /readyz, /metrics)."""
+    """Run the receiver (POST /webhooks/momento, POST /changes/{source}, /healthz, /readyz,
+    /metrics)."""
     import uvicorn
 
     settings = settings_or_exit()
-    if not settings.pipeline_webhook_secrets:
+    takes_changes = settings.pipeline_change_api_keys or settings.pipeline_change_basic_auth
+    if not settings.pipeline_webhook_secrets and not takes_changes:
         raise click.UsageError(
-            "PIPELINE_WEBHOOK_SECRETS is empty: the receiver would reject every webhook"
+            "PIPELINE_WEBHOOK_SECRETS and PIPELINE_CHANGE_API_KEYS are empty: the receiver "
+            "would reject every webhook and every change record"
         )
     # The receiver needs only the broker: it must start (and take webhooks, which Momento never
     # retries) while a configured database is down. An embedded one it starts, for /readyz.

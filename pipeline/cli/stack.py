@@ -30,6 +30,7 @@ from pipeline.stores import ServiceUrls, export_urls, hide_password, running_ser
 logger = logging.getLogger(__name__)
 
 SECRET_FILE = "webhook-secret"
+CHANGE_KEY_FILE = "change-api-key"
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,19 @@ def webhook_secret(settings: Settings) -> str:
     """The first configured signing secret, else one generated once under PIPELINE_HOME."""
     if settings.pipeline_webhook_secrets:
         return settings.pipeline_webhook_secrets[0]
-    path = settings.home / SECRET_FILE
+    return _generated_secret(settings, SECRET_FILE)
+
+
+def change_api_key(settings: Settings) -> str:
+    """The first configured change-record API key, else one generated once under PIPELINE_HOME."""
+    if settings.pipeline_change_api_keys:
+        return settings.pipeline_change_api_keys[0]
+    return _generated_secret(settings, CHANGE_KEY_FILE)
+
+
+def _generated_secret(settings: Settings, name: str) -> str:
+    """A random secret kept in PIPELINE_HOME/``name`` (mode 0600), made on first use."""
+    path = settings.home / name
     with contextlib.suppress(FileNotFoundError):
         return path.read_text().strip()
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -160,6 +173,8 @@ def running_stack(options: StackOptions, settings: Settings | None = None) -> It
         secret = webhook_secret(settings)
         if not settings.pipeline_webhook_secrets:
             os.environ["PIPELINE_WEBHOOK_SECRETS"] = secret
+        if not (settings.pipeline_change_api_keys or settings.pipeline_change_basic_auth):
+            os.environ["PIPELINE_CHANGE_API_KEYS"] = change_api_key(settings)
         get_settings.cache_clear()
         settings = get_settings()
         migrate.upgrade(settings)
@@ -273,6 +288,9 @@ def describe(stack: Stack) -> list[str]:
     """Human-readable lines saying where everything is."""
     lines = [
         f"receiver   {stack.webhook_url}   (/healthz /readyz /metrics)",
+        f"changes    {stack.receiver_url}/changes/SOURCE   "
+        f"({stack.settings.pipeline_change_api_key_header}: PIPELINE_CHANGE_API_KEYS, or "
+        f"{stack.settings.home / CHANGE_KEY_FILE})",
         f"database   {hide_password(stack.urls.database_url)}",
         f"broker     {hide_password(stack.urls.broker_url)}",
     ]
@@ -315,6 +333,9 @@ def prepare_routes(stack: Stack, extra_topics: Iterable[tuple[str, str]] = ()) -
         caches |= {t.cache for t in route.targets() if _exact(t.cache)}
         if _exact(route.cache):
             caches.add(route.cache)
+    for change_route in table.changes:
+        targets = (change_route.publish, change_route.cache_set)
+        caches |= {t.cache for t in targets if t is not None and _exact(t.cache)}
     for cache in sorted(caches):
         httpx.post(f"{stack.momento_admin_url}/caches/{cache}", timeout=5.0).raise_for_status()
     topics = {(r.cache, r.topic) for r in routes if _exact(r.cache) and _exact(r.topic)}

@@ -50,7 +50,7 @@ def parse_webhook(body: bytes | str) -> WebhookEvent:
         raise MalformedBody(f"body is nested deeper than {MAX_JSON_DEPTH} levels") from exc
     if not isinstance(data, dict):
         raise MalformedBody(f"body must be a JSON object, got {type(data).__name__}")
-    _check_depth(data)
+    check_depth(data)
     for name in _NAME_FIELDS:
         value = data.get(name)
         if not isinstance(value, str) or not value or len(value) > MAX_NAME_LEN:
@@ -71,7 +71,7 @@ def parse_webhook(body: bytes | str) -> WebhookEvent:
         ("token_id", token_id),
         ("text", text),
     ):
-        _check_storable(name, value)
+        check_storable(name, value)
     return WebhookEvent(
         cache=data["cache"],
         topic=data["topic"],
@@ -118,18 +118,19 @@ def check_timestamps(event: WebhookEvent, now_ms: float, window_ms: float, skew_
         )
 
 
-def _check_depth(data: dict[str, Any]) -> None:
-    """Raise MalformedBody if arrays and objects nest deeper than MAX_JSON_DEPTH (no recursion)."""
-    pending = [(value, 2) for value in data.values() if isinstance(value, dict | list)]
+def check_depth(data: dict[str, Any] | list[Any], limit: int = MAX_JSON_DEPTH) -> None:
+    """Raise MalformedBody if arrays and objects nest deeper than ``limit`` (no recursion)."""
+    children = data.values() if isinstance(data, dict) else data
+    pending = [(value, 2) for value in children if isinstance(value, dict | list)]
     while pending:
         value, depth = pending.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise MalformedBody(f"body is nested deeper than {MAX_JSON_DEPTH} levels")
+        if depth > limit:
+            raise MalformedBody(f"body is nested deeper than {limit} levels")
         children = value.values() if isinstance(value, dict) else value
         pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
-def _check_storable(name: str, value: str) -> None:
+def check_storable(name: str, value: str) -> None:
     """Reject what Postgres would refuse: NUL characters, and lone surrogates (legal as JSON
     escapes, not encodable as UTF-8). Acked, such an event would fail its whole batch."""
     if "\x00" in value:

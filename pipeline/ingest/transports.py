@@ -73,6 +73,8 @@ class RedisPush:
 INGEST_TASK = "tasks.ingest.store_webhooks"
 SUBSCRIBED_TASK = "tasks.ingest.store_subscribed"
 """The listener's batches of subscription items (``pipeline.sources``): same queue, same path."""
+CHANGES_TASK = "tasks.changes.store"
+"""The receiver's batches of change records (``POST /changes/{source}``): same queue."""
 INGEST_QUEUE = "ingest"
 
 

@@ -42,6 +42,14 @@ def lock_id(key: Any) -> Any:
 
 
 TRY_LOCK = select(func.pg_try_advisory_lock(lock_id(bindparam("p_key"))))
+_KEY_LOCKS = (
+    "SELECT {fn}(h) FROM (SELECT DISTINCT hashtextextended(k, 0) AS h "
+    "FROM unnest(CAST(:p_keys AS text[])) AS k ORDER BY h) AS ordered"
+)
+LOCK_ALL = text(_KEY_LOCKS.format(fn="pg_advisory_lock"))
+"""Take several keys' locks, waiting for their holders, in one global order (no deadlock
+between two callers doing the same)."""
+UNLOCK_ALL = text(_KEY_LOCKS.format(fn="pg_advisory_unlock"))
 UNLOCK = select(func.pg_advisory_unlock(lock_id(bindparam("p_key"))))
 """A topic's driver lock, taken if free and let go (built once: ~80 µs of CPU a call less)."""
 MARK_SENT = (

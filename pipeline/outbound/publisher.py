@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
@@ -27,13 +28,23 @@ from pipeline.config import Settings
 from pipeline.errors import MomentoError
 from pipeline.models import DeadLetter, OutboxKind, OutboxMessage, OutboxStatus, outbox_status_is
 from pipeline.outbound import momento_client
-from pipeline.outbound.outbox_sql import MARK_SENT, SEND_COLUMNS, envelope, try_lock, unlock
+from pipeline.outbound.outbox_sql import (
+    LOCK_ALL,
+    MARK_SENT,
+    SEND_COLUMNS,
+    UNLOCK_ALL,
+    envelope,
+    try_lock,
+    unlock,
+)
 from pipeline.outbound.ratelimit import LocalBucket, TokenBucket
 from pipeline.stores import broker_url, is_redis, redis_url
 
 logger = logging.getLogger(__name__)
 
 BUCKET_KEY = "pipeline:publish-bucket"
+SEND_THREADS = 8
+"""Keys whose rows ``flush_keys_waiting`` sends at once (each key's own rows one at a time)."""
 
 
 class Bucket(Protocol):
@@ -95,6 +106,9 @@ class Publisher:
             client = self.__dict__.pop(name, None)
             if client is not None:
                 momento_client.close_client(client)
+        senders = self.__dict__.pop("_senders", None)
+        if senders is not None:
+            senders.shutdown(wait=True)
 
     # -- ordered rows: the caller holds the topic's lock ----------------------------------------
 
@@ -134,6 +148,75 @@ class Publisher:
                 return self.flush_key(conn, key)
             finally:
                 unlock(conn, key)
+
+    def flush_keys_waiting(self, keys: Sequence[str]) -> SendReport:
+        """Send what several ordering keys have pending, waiting for their locks.
+
+        For keys whose rows are few and quick to send (change records' items): a holder that
+        read a key's rows before ours committed would leave them to the periodic drain; waiting
+        for it sends them now. The keys' locks are taken together in one global order (two
+        callers cannot deadlock), their rows read in one query and marked sent in one update:
+        a few round trips per batch instead of per key. Each key's rows go in id order, keys side
+        by side on a few threads; a row that must wait holds back the rest of its key only.
+        """
+        if not keys:
+            return SendReport()
+        report = SendReport()
+        sent: list[int] = []
+        with self.engine.connect() as raw:
+            conn = raw.execution_options(isolation_level="AUTOCOMMIT")
+            conn.execute(LOCK_ALL, {"p_keys": list(keys)})
+            try:
+                due = (OutboxMessage.next_attempt_at <= func.now()).label("due")
+                rows = conn.execute(
+                    select(*SEND_COLUMNS, due)
+                    .where(
+                        OutboxMessage.ordering_key.in_(list(keys)),
+                        outbox_status_is(OutboxStatus.PENDING),
+                    )
+                    .order_by(OutboxMessage.ordering_key, OutboxMessage.id)
+                ).all()
+                by_key: dict[str, list[Any]] = {}
+                for row in rows:
+                    by_key.setdefault(row.ordering_key, []).append(row)
+                # Clients are made here, once, not raced for by the sending threads.
+                if any(row.kind is OutboxKind.TOPIC_PUBLISH for row in rows):
+                    assert self.topics is not None
+                if any(row.kind is not OutboxKind.TOPIC_PUBLISH for row in rows):
+                    assert self.caches is not None
+                for outcomes in self._senders.map(self._send_in_order, by_key.values()):
+                    for row, exc in outcomes:
+                        if exc is None:
+                            sent.append(row.id)
+                            report.sent += 1
+                        else:
+                            report.add(self._failed(conn, row, exc))
+                self.mark_sent(conn, sent)
+            finally:
+                conn.execute(UNLOCK_ALL, {"p_keys": list(keys)})
+        return report
+
+    @cached_property
+    def _senders(self) -> ThreadPoolExecutor:
+        """Threads sending several keys' rows side by side (made after a prefork pool forked)."""
+        return ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="outbox-send")
+
+    def _send_in_order(self, rows: Sequence[Any]) -> list[tuple[Any, Exception | None]]:
+        """Send one key's rows in order, recording nothing; stop at one that must wait (not due
+        yet, or failed and to be retried). Returns each attempted row with its error, if any."""
+        outcomes: list[tuple[Any, Exception | None]] = []
+        for row in rows:
+            if not row.due:
+                break
+            try:
+                self.send_now(row)
+            except Exception as exc:
+                outcomes.append((row, exc))
+                if self._will_retry(row, exc):
+                    break
+                continue
+            outcomes.append((row, None))
+        return outcomes
 
     # -- unordered rows: claimed with SKIP LOCKED ------------------------------------------------
 
@@ -193,21 +276,37 @@ class Publisher:
         if ids:
             conn.execute(MARK_SENT, {"p_sent": list(ids)})
 
-    def _attempt(self, conn: Connection, row: Any) -> SendReport:
-        """Send one row that is this caller's alone and record the outcome through ``conn``."""
+    def _attempt(self, conn: Connection, row: Any, mark: list[int] | None = None) -> SendReport:
+        """Send one row that is this caller's alone and record the outcome through ``conn``.
+
+        With ``mark`` a sent row's id is added there, to be marked with others, instead of at once.
+        """
         try:
             self.send_now(row)
-        except MomentoError as exc:
-            if exc.transient and row.attempts + 1 < self.settings.pipeline_publish_max_attempts:
+        except Exception as exc:
+            return self._failed(conn, row, exc)
+        if mark is None:
+            conn.execute(MARK_SENT, {"p_sent": [row.id]})
+        else:
+            mark.append(row.id)
+        return SendReport(sent=1)
+
+    def _will_retry(self, row: Any, exc: Exception) -> bool:
+        """Whether a failed send is tried again later (else the row is dead)."""
+        transient = exc.transient if isinstance(exc, MomentoError) else True
+        return transient and row.attempts + 1 < self.settings.pipeline_publish_max_attempts
+
+    def _failed(self, conn: Connection, row: Any, exc: Exception) -> SendReport:
+        """Record a failed send: a retry with backoff, or a dead row and a dead letter."""
+        if isinstance(exc, MomentoError):
+            if self._will_retry(row, exc):
                 return self._retry_later(conn, row, f"{exc.code}: {exc}")
             return self._give_up(conn, row, exc.code, str(exc))
-        except Exception as exc:  # the SDK, the rate limiter or the network failed unexpectedly
-            logger.warning("send failed id=%d error=%r", row.id, exc)
-            if row.attempts + 1 < self.settings.pipeline_publish_max_attempts:
-                return self._retry_later(conn, row, repr(exc))
-            return self._give_up(conn, row, type(exc).__name__, repr(exc))
-        conn.execute(MARK_SENT, {"p_sent": [row.id]})
-        return SendReport(sent=1)
+        # the SDK, the rate limiter or the network failed unexpectedly
+        logger.warning("send failed id=%d error=%r", row.id, exc)
+        if self._will_retry(row, exc):
+            return self._retry_later(conn, row, repr(exc))
+        return self._give_up(conn, row, type(exc).__name__, repr(exc))
 
     def send_now(self, row: Any) -> None:
         """One row's Momento operation, within the rate limit; records nothing (raises)."""

@@ -9,6 +9,17 @@
     publish = { cache = "{cache}", topic = "topic 2" }
     cache_set = { cache = "{cache}", key = "latest:{topic}", ttl_seconds = 600 }
 
+A route may take change records (``POST /changes/{source}``) instead of topic events: it names
+``changes = "source:table"`` (globs allowed on both) in place of cache/topic, its workflow is
+optional (a Celery task that transforms the record), and its templates may name the record's
+``{source}``, ``{table}``, ``{op}``, ``{keys.NAME}``, ``{new.NAME}`` and ``{old.NAME}``:
+
+    [[routes]]
+    name = "user-cache"
+    changes = "dynamodb:user"
+    cache_set = { cache = "user", key = "{keys.id}", ttl_seconds = 300 }
+    publish = { cache = "user", topic = "user-changes" }
+
 Every route whose globs match an event runs. ``publish``/``cache_set`` are templates naming
 ``{cache}``/``{topic}`` of the inbound event and fields of the result (``workflows.output``).
 A bad file raises RoutesError naming the file, line and every problem; nothing starts with it.
@@ -36,33 +47,25 @@ from typing import Any
 
 from pipeline.config import Settings
 from pipeline.errors import RoutesError
-from pipeline.workflows.templates import fill_known, template_fields
+from pipeline.workflows.change_routes import ChangeRoute, parse_change_route
+from pipeline.workflows.route_tables import (
+    CACHE_SET_KEYS,
+    NAME_RE,
+    PUBLISH_KEYS,
+    WORKFLOW_RE,
+    CacheTarget,
+    Problems,
+    PublishTarget,
+    check_ttl,
+    template_table,
+)
+from pipeline.workflows.templates import fill_known
 
 logger = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-WORKFLOW_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-MAX_TTL_S = 24 * 3600  # Momento's on-demand TTL limit (MOMENTO.md, cache basics)
 ROUTE_KEYS = {"name", "cache", "topic", "workflow", "ordered", "publish", "cache_set"}
-PUBLISH_KEYS = {"cache", "topic"}
-CACHE_SET_KEYS = {"cache", "key", "ttl_seconds"}
 
 
-@dataclass(frozen=True)
-class PublishTarget:
-    """Templates of the outbound (cache, topic)."""
-
-    cache: str
-    topic: str
-
-
-@dataclass(frozen=True)
-class CacheTarget:
-    """Templates of the write-through (cache, key) and its TTL."""
-
-    cache: str
-    key: str
-    ttl_seconds: int
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,8 @@ class RouteTable:
     path: Path | None = None
     subscriptions: tuple[tuple[str, str], ...] = ()
     """(cache, topic) of every subscribed topic, in file order, each once."""
+    changes: tuple[ChangeRoute, ...] = ()
+    """The routes of change records, in file order (not among ``routes``)."""
     _by_name: dict[str, Route] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -127,6 +132,10 @@ class RouteTable:
     def matching(self, cache: str, topic: str) -> tuple[Route, ...]:
         """Every route an event of (cache, topic) runs, in file order."""
         return tuple(route for route in self.routes if route.matches(cache, topic))
+
+    def changes_matching(self, source: str, table: str) -> tuple[ChangeRoute, ...]:
+        """Every change route a record of (source, table) runs, in file order."""
+        return tuple(route for route in self.changes if route.matches(source, table))
 
     def get(self, name: str) -> Route:
         """The route called ``name``; RoutesError if the file has none."""
@@ -142,37 +151,6 @@ class RouteTable:
         return iter(self.routes)
 
 
-class _Problems:
-    """Collects problems with their lines, so one error names all of them."""
-
-    def __init__(self, path: Path, text: str) -> None:
-        self.path = path
-        self.lines = text.splitlines()
-        self.headers = [
-            i + 1
-            for i, line in enumerate(self.lines)
-            if re.match(r"^\s*\[\[\s*routes\s*\]\]", line)
-        ]
-        self.found: list[str] = []
-
-    def route_line(self, index: int) -> int:
-        """Line of the index-th ``[[routes]]`` header (1 if routes are written inline)."""
-        return self.headers[index] if index < len(self.headers) else 1
-
-    def key_line(self, index: int, key: str) -> int:
-        """Line where route ``index`` sets ``key`` (its header line if not found)."""
-        start = self.route_line(index)
-        end = self.headers[index + 1] if index + 1 < len(self.headers) else len(self.lines) + 1
-        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
-        for number in range(start, end):
-            if pattern.match(self.lines[number - 1]):
-                return number
-        return start
-
-    def add(self, line: int, message: str) -> None:
-        self.found.append(f"{self.path}:{line}: {message}")
-
-
 def parse_routes(text: str, path: Path, *, resolve: bool = True) -> RouteTable:
     """Parse and validate a routes file's text; with ``resolve`` also import every workflow."""
     try:
@@ -181,7 +159,7 @@ def parse_routes(text: str, path: Path, *, resolve: bool = True) -> RouteTable:
         found = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
         where = f"{found.group(1)}:{found.group(2)}" if found else "1"
         raise RoutesError(f"{path}:{where}: not valid TOML: {exc}") from exc
-    problems = _Problems(path, text)
+    problems = Problems(path, text)
     unknown = sorted(set(data) - {"routes", "subscriptions"})
     if unknown:
         problems.add(
@@ -194,22 +172,30 @@ def parse_routes(text: str, path: Path, *, resolve: bool = True) -> RouteTable:
         problems.add(1, "routes must be an array of tables ([[routes]])")
         raw = []
     routes: list[Route] = []
+    changes: list[ChangeRoute] = []
     names: set[str] = set()
     for index, item in enumerate(raw):
-        route = _route(item, index, problems, resolve)
+        route: Route | ChangeRoute | None
+        if "changes" in item:
+            route = parse_change_route(item, index, problems, resolve)
+        else:
+            route = _route(item, index, problems, resolve)
         if route is None:
             continue
         if route.name in names:
             problems.add(route.line, f"route name {route.name!r} is used twice")
         names.add(route.name)
-        routes.append(route)
+        if isinstance(route, ChangeRoute):
+            changes.append(route)
+        else:
+            routes.append(route)
     subscriptions = _subscriptions(data.get("subscriptions", []), problems)
     if problems.found:
         raise RoutesError("\n".join(problems.found))
-    return RouteTable(tuple(routes), path, subscriptions)
+    return RouteTable(tuple(routes), path, subscriptions, tuple(changes))
 
 
-def _subscriptions(raw: Any, problems: _Problems) -> tuple[tuple[str, str], ...]:
+def _subscriptions(raw: Any, problems: Problems) -> tuple[tuple[str, str], ...]:
     """The ``[[subscriptions]]`` tables as (cache, topic) pairs; problems noted with lines."""
     lines = [i + 1 for i, line in enumerate(problems.lines)
              if re.match(r"^\s*\[\[\s*subscriptions\s*\]\]", line)]  # fmt: skip
@@ -239,7 +225,7 @@ def _subscriptions(raw: Any, problems: _Problems) -> tuple[tuple[str, str], ...]
     return tuple(found)
 
 
-def _route(item: dict[str, Any], index: int, problems: _Problems, resolve: bool) -> Route | None:
+def _route(item: dict[str, Any], index: int, problems: Problems, resolve: bool) -> Route | None:
     before = len(problems.found)
     line = problems.route_line(index)
     name = item.get("name")
@@ -269,13 +255,9 @@ def _route(item: dict[str, Any], index: int, problems: _Problems, resolve: bool)
     ordered = item.get("ordered", False)
     if not isinstance(ordered, bool):
         bad("ordered", f"ordered must be true or false, got {ordered!r}")
-    publish = _table(item, "publish", PUBLISH_KEYS, bad)
-    cache_set = _table(item, "cache_set", CACHE_SET_KEYS, bad)
-    ttl = cache_set.get("ttl_seconds") if cache_set else None
-    if cache_set and (
-        not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL_S
-    ):
-        bad("cache_set", f"cache_set.ttl_seconds must be an integer in 1..{MAX_TTL_S}, got {ttl!r}")
+    publish = template_table(item, "publish", PUBLISH_KEYS, bad)
+    cache_set = template_table(item, "cache_set", CACHE_SET_KEYS, bad)
+    check_ttl(cache_set, bad)
     if len(problems.found) > before:
         return None
     return Route(
@@ -288,32 +270,6 @@ def _route(item: dict[str, Any], index: int, problems: _Problems, resolve: bool)
         cache_set=CacheTarget(**cache_set) if cache_set else None,
         line=line,
     )
-
-
-def _table(item: dict[str, Any], key: str, known: set[str], bad: Any) -> dict[str, Any] | None:
-    """Validate an optional inline table of templates; None when absent or invalid."""
-    if key not in item:
-        return None
-    table = item[key]
-    if not isinstance(table, dict):
-        bad(key, f"{key} must be a table like {{ {', '.join(sorted(known))} }}")
-        return None
-    ok = True
-    for extra in sorted(set(table) - known):
-        bad(key, f"{key} has unknown key {extra!r}; known: {sorted(known)}")
-        ok = False
-    for name in sorted(known - {"ttl_seconds"}):
-        value = table.get(name)
-        if not isinstance(value, str) or not value:
-            bad(key, f"{key}.{name} must be a non-empty string, got {value!r}")
-            ok = False
-            continue
-        try:
-            template_fields(value)
-        except ValueError as exc:
-            bad(key, f"{key}.{name} {value!r}: {exc}")
-            ok = False
-    return table if ok else None
 
 
 def load_routes(path: Path, *, resolve: bool = True, required: bool = True) -> RouteTable:

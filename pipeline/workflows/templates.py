@@ -26,13 +26,18 @@ def glob_regex(glob: str) -> str:
     return "".join(out) + "$"
 
 
-def template_fields(template: str) -> list[str]:
-    """Field names a template uses; ValueError for positional fields, formats or bad braces."""
+def template_fields(template: str, *, dotted: bool = False) -> list[str]:
+    """Field names a template uses; ValueError for positional fields, formats or bad braces.
+
+    ``dotted`` also allows ``{keys.id}``-style paths (change routes' fields).
+    """
     names = []
     for _, name, spec, conversion in string.Formatter().parse(template):
         if name is None:
             continue
-        if not name.isidentifier():
+        head, _, rest = name.partition(".")
+        bad_path = (bool(rest) and not dotted) or (dotted and name.endswith("."))
+        if not head.isidentifier() or bad_path:
             raise ValueError(f"template field {{{name}}} must be a name like {{topic}}")
         if spec or conversion:
             raise ValueError(f"template field {{{name}}} may not carry a format or conversion")
@@ -58,3 +63,17 @@ def render(template: str, values: dict[str, str]) -> str:
         raise ValueError(
             f"template {template!r} needs field {exc.args[0]!r}; the result has {sorted(values)}"
         ) from None
+
+
+def render_flat(template: str, values: dict[str, str]) -> str:
+    """Fill a template whose fields may be dotted paths (``{keys.id}``), looked up as written;
+    ValueError naming a field ``values`` lacks."""
+    out = []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        out.append(literal)
+        if name is None:
+            continue
+        if name not in values:
+            raise ValueError(f"template {template!r} needs field {name!r}, which the record lacks")
+        out.append(values[name])
+    return "".join(out)

@@ -72,6 +72,10 @@ def _check_run(out: str, count: int) -> int:
     assert re.search(rf"relay in sequence order\s+True \({count}/{count}\)", out)
     assert _value(out, "received on demo/topic 2") == count
     assert _value(out, "received on fx/order-results") >= 1
+    # Change records: the weather stations' table, its late MODIFY unable to resurrect Osaka.
+    assert re.search(r"received on weather/station-changes\s+5:", out)
+    assert re.search(r"cache station:Osaka\s+deleted", out)
+    assert re.search(r"never stale\s+True", out)
     return published
 
 

@@ -68,6 +68,17 @@ class Problems:
     def add(self, line: int, message: str) -> None:
         self.found.append(f"{self.path}:{line}: {message}")
 
+    def of_route(self, item: dict[str, Any], index: int) -> Callable[[str, str], None]:
+        """``bad(key, message)`` for route ``index``: a problem at the line setting ``key``,
+        labelled with the route's name (or its number while it has none)."""
+        name = item.get("name")
+        label = f"route {name!r}" if isinstance(name, str) else f"route #{index + 1}"
+
+        def bad(key: str, message: str) -> None:
+            self.add(self.key_line(index, key), f"{label}: {message}")
+
+        return bad
+
 
 def template_table(
     item: dict[str, Any],

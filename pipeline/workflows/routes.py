@@ -229,10 +229,7 @@ def _route(item: dict[str, Any], index: int, problems: Problems, resolve: bool) 
     before = len(problems.found)
     line = problems.route_line(index)
     name = item.get("name")
-    label = f"route {name!r}" if isinstance(name, str) else f"route #{index + 1}"
-
-    def bad(key: str, message: str) -> None:
-        problems.add(problems.key_line(index, key), f"{label}: {message}")
+    bad = problems.of_route(item, index)
 
     for key in sorted(set(item) - ROUTE_KEYS):
         bad(key, f"unknown key {key!r}; known: {sorted(ROUTE_KEYS)}")

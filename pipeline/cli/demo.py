@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import click
 
 from pipeline.cli.demo_changes import run_change_demo
-from pipeline.cli.demo_run import DemoRun, RunCounts
+from pipeline.cli.demo_run import DemoRun, RunCounts, aligned
 from pipeline.cli.stack import Stack, prepare_routes, start_listener
 from pipeline.db import get_engine
 from pipeline.outbound import momento_client
@@ -240,7 +240,4 @@ def summary_text(
         )
     if counts.receive_p50_ms is not None:
         rows.append(("event -> received", f"p50 {counts.receive_p50_ms:.1f} ms"))
-    width = max(len(label) for label, _ in rows) + 2
-    lines = ["demo summary (this run)"]
-    lines += [f"  {label:<{width}}{value}" for label, value in rows]
-    return "\n".join(lines)
+    return aligned("demo summary (this run)", rows)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -21,6 +20,7 @@ import click
 import httpx
 from sqlalchemy import text
 
+from pipeline.cli.demo_run import aligned
 from pipeline.cli.stack import Stack, change_api_key
 from pipeline.db import get_engine
 from pipeline.outbound import momento_client
@@ -171,14 +171,15 @@ def _stored(stack: Stack, event_ids: list[str]) -> int:
 
 
 def _print(demo: ChangeDemo) -> None:
-    say: Callable[[str], None] = click.echo
-    say("")
-    say("change records (POST /changes/dynamodb, table weather-stations)")
-    say(f"  records posted          {demo.posted}   (INSERT x3, MODIFY, REMOVE, a late MODIFY)")
-    say(f"  records stored          {demo.stored}")
+    rows = [
+        ("records posted", f"{demo.posted}   (INSERT x3, MODIFY, REMOVE, a late MODIFY)"),
+        ("records stored", str(demo.stored)),
+    ]
     for location, item in demo.cached.items():
         shown = "deleted" if item is None else json.dumps(item)
-        say(f"  cache {KEY.format(location=location):<17} {shown}")
+        rows.append((f"cache {KEY.format(location=location)}", shown))
     events = ", ".join(f"{m['event']} {m['keys']['location']}" for m in demo.announced)
-    say(f"  received on {CACHE}/{TOPIC}  {len(demo.announced)}: {events}")
-    say(f"  never stale             {demo.ok}   (the late MODIFY did not bring Osaka back)")
+    rows.append((f"received on {CACHE}/{TOPIC}", f"{len(demo.announced)}: {events}"))
+    rows.append(("never stale", f"{demo.ok}   (the late MODIFY did not bring Osaka back)"))
+    click.echo("")
+    click.echo(aligned(f"change records (POST /changes/{SOURCE}, table {TABLE})", rows))

@@ -101,3 +101,9 @@ class DemoRun:
             **{k: int(v) for k, v in values.items()},
             receive_p50_ms=None if p50 is None else float(p50),
         )
+
+
+def aligned(title: str, rows: list[tuple[str, str]]) -> str:
+    """A summary section: its title, then one label column with the values aligned after it."""
+    width = max(len(label) for label, _ in rows) + 2
+    return "\n".join([title, *(f"  {label:<{width}}{value}" for label, value in rows)])

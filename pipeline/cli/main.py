@@ -326,5 +326,3 @@ def main() -> None:
     except PipelineError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
-
-

@@ -79,12 +79,18 @@ def _check_run(out: str, count: int) -> int:
     return published
 
 
-def _value_columns(out: str) -> set[int]:
-    """Where each summary line's value starts (after its label and at least two spaces)."""
-    lines = out.split("demo summary", 1)[1].splitlines()[1:]
-    found = [re.match(r"^  ( *\S+(?: \S+)*)\s{2,}", line) for line in lines if line.strip()]
-    assert all(found), out
-    return {match.end() for match in found if match}
+def _value_columns(out: str) -> list[set[int]]:
+    """Per summary section (the demo's, the change records'): where each line's value starts
+    (after its label and at least two spaces)."""
+    sections = out.split("demo summary", 1)[1].strip("\n").split("\n\n")
+    columns = []
+    for section in sections:
+        lines = section.splitlines()[1:]  # after the section's title
+        found = [re.match(r"^  ( *\S+(?: \S+)*)\s{2,}", line) for line in lines]
+        assert lines, out
+        assert all(found), out
+        columns.append({match.end() for match in found if match})
+    return columns
 
 
 @pytest.mark.timeout(420)
@@ -97,4 +103,5 @@ def test_demo_counts_each_run_on_its_own_data_folder(tmp_path: Path) -> None:
     # counted over the whole table, the rerun would report both runs' events and outbox rows
     assert second < first
     assert _value(second_out, "outbox rows sent") < _value(first_out, "outbox rows sent")
-    assert len(_value_columns(first_out)) == len(_value_columns(second_out)) == 1, second_out
+    for columns in (_value_columns(first_out), _value_columns(second_out)):
+        assert [len(found) for found in columns] == [1, 1], second_out  # each section aligned

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cli.migrate import head_revision
 from pipeline.config import Settings
 from pipeline.emulator import EmulatorServer
 from tests.integration.cli.support import Run, free_port, run_cli
@@ -45,7 +46,7 @@ def test_a_good_set_up_passes_every_check(good_env: dict[str, str]) -> None:
     found = verdicts(run)
     assert list(found) == NAMES
     assert all(level == "ok" for level, _ in found.values()), found
-    assert "migrated (at 0004)" in found["postgres"][1]
+    assert f"migrated (at {head_revision()})" in found["postgres"][1]
     assert "AOF on (appendfsync always)" in found["broker"][1]
     assert f"local server at {good_env['MOMENTO_LOCAL']}" in found["momento"][1]
     assert "5 routes, 1 subscribed topic(s)" in found["routes"][1]

@@ -353,6 +353,8 @@ def test_an_idle_subscription_survives_five_minutes(idle_subscription: IdleSubsc
     assert wait_for(lambda: any(x.startswith("message ") for x in idle_subscription.lines), 10)
     # The same stream, never reopened: heartbeats kept it alive (no GOAWAY, no stall).
     assert "message after the quiet reconnects=0" in idle_subscription.lines
+    # A plain sync SDK stream, with no watchdog to reopen it, outlived the quiet too.
+    assert wait_for(lambda: "sync after the quiet" in idle_subscription.lines, 10)
 
 
 async def publish_once(port: int) -> None:

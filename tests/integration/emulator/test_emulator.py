@@ -151,31 +151,6 @@ def test_fan_out_to_three_subscribers_is_identical(emu: EmulatorServer) -> None:
     assert [n for _, n, _ in seen[0]] == list(range(1, 201))
 
 
-@pytest.mark.timeout(150)
-def test_idle_subscriptions_sync_and_async_outlive_60_s(emu: EmulatorServer) -> None:
-    topic = unique("idle")
-    with topic_client(emu.port) as client:
-        sync_sub = subscription(client.subscribe(CACHE, topic))
-
-        async def idle_async() -> object:
-            async with topic_client_async(emu.port) as aclient:
-                sub = subscription(await aclient.subscribe(CACHE, topic))
-                await asyncio.sleep(62)
-                assert not sub._client_stream.done()
-                await aclient.publish(CACHE, topic, "after-idle")
-                items = await take_async(sub, 1)
-                sub.unsubscribe()
-                return items[0]
-
-        async_item = run(idle_async(), timeout_s=90)
-        assert not sync_sub._client_stream.done(), "the sync stream died while idle"
-        sync_item = take(sync_sub, 1)[0]
-        sync_sub.unsubscribe()
-    assert async_item.value == "after-idle"  # type: ignore[attr-defined]
-    assert sync_item.value == "after-idle"
-    assert sync_item.sequence_number == 1
-
-
 def test_cache_set_get_delete_and_ttl_expiry_sync(emu: EmulatorServer) -> None:
     with cache_client(emu.port) as client:
         assert isinstance(client.set(CACHE, "k", "v"), CacheSet.Success)

@@ -1,4 +1,5 @@
-"""`pipeline up`'s console: the status block, then quiet; logs in files; one stack per folder."""
+"""`pipeline up` on embedded defaults: everything starts and answers, the console stays quiet (logs
+in files), one stack per data folder, and Ctrl-C leaves no process behind."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from pipeline.ingest.signing import sign
@@ -24,7 +26,7 @@ IDLE_S = 12.0  # longer than one throughput interval (10 s)
 
 
 def _up_argv() -> list[str]:
-    ports = ("--receiver-port", "--momento-port", "--flower-port")
+    ports = ("--receiver-port", "--momento-port", "--flower-port", "--dashboard-port")
     pairs = [item for name in ports for item in (name, str(free_port()))]
     return [sys.executable, "-m", "pipeline.cli", "up", "--workers", "1", *pairs]
 
@@ -66,7 +68,9 @@ class Console:
 
 
 @pytest.mark.timeout(300)
-def test_up_is_quiet_logs_to_files_and_a_second_up_is_refused(tmp_path: Path) -> None:
+def test_up_runs_everything_quietly_a_second_up_is_refused_and_stop_leaves_nothing(
+    tmp_path: Path,
+) -> None:
     home = tmp_path / "home"
     first = Console(tmp_path, embedded_env(home))
     try:
@@ -103,6 +107,25 @@ def test_up_is_quiet_logs_to_files_and_a_second_up_is_refused(tmp_path: Path) ->
         assert levels == ["ok"] * 6, check.stdout
         assert "started by the running `pipeline up`" in check.stdout
 
+        # What `up` started answers: the local server's HTTP API, the dashboard behind its login.
+        momento = next(line for line in block if line.startswith("momento "))
+        admin = momento.split("(admin ")[1].split(",")[0]
+        http_api = momento.split("HTTP API ")[1].split(")")[0]
+        assert httpx.post(f"{admin}/caches/up-http", timeout=5).status_code == 201
+        put = httpx.put(
+            f"{http_api}/cache/up-http?key=k&ttl_seconds=60",
+            headers={"Authorization": "any"}, content=b"v", timeout=5,
+        )  # fmt: skip
+        assert put.status_code == 204, put.text
+        assert httpx.get(f"{http_api}/cache/up-http?key=k&token=any", timeout=5).content == b"v"
+        dashboard = next(line.split() for line in block if line.startswith("dashboard "))
+        assert dashboard[2:4] == ["login", "admin"], dashboard
+        assert httpx.get(dashboard[1]).status_code == 401
+        assert httpx.get(dashboard[1], auth=("admin", dashboard[5])).status_code == 200
+        children = psutil.Process(first.process.pid).children(recursive=True)
+        assert len(children) >= 6  # momento-local, receiver, worker, beat, flower, dashboard, …
+
+        assert (home / "logs" / "dashboard.log").exists()  # it logs warnings only
         for name in ("worker-1", "beat", "receiver", "flower", "momento-local"):
             assert (home / "logs" / f"{name}.log").stat().st_size > 0, name
         worker_log = (home / "logs" / "worker-1.log").read_text()
@@ -124,6 +147,8 @@ def test_up_is_quiet_logs_to_files_and_a_second_up_is_refused(tmp_path: Path) ->
     finally:
         code = first.stop()
     assert code == 0, "\n".join(first.text()[-40:])
+    alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"orphans left running: {alive}"
 
 
 def test_up_with_a_real_key_and_no_webhook_secret_refuses_before_starting(

@@ -185,12 +185,17 @@ class WorkerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Warm shutdown; kill if it hangs."""
+    def terminate(self) -> None:
+        """Ask for a warm shutdown without waiting for it (``stop`` waits)."""
         import signal
 
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Warm shutdown; kill if it hangs."""
+        self.terminate()
+        if self.process and self.process.poll() is None:
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -208,6 +213,8 @@ def worker_factory(settings: Settings) -> Iterator[Callable[..., WorkerProcess]]
         return worker
 
     yield start
+    for worker in started:  # all shut down at once, not one after the other
+        worker.terminate()
     for worker in started:
         worker.stop()
 

@@ -28,7 +28,7 @@ from tests.e2e.workflow_support import Stack, Subscriber, subscribed
 from tests.integration.emulator_support import unique
 
 TOPICS = 10
-PER_TOPIC = 200
+PER_TOPIC = 120
 DUPLICATE_FRACTION = 0.05
 REORDER_WINDOW = 50  # deliveries shuffled within consecutive groups of this size
 

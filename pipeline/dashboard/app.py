@@ -1,18 +1,14 @@
-"""The dashboard's Starlette app: its state, its routes, basic auth around all of it."""
+"""The dashboard's Starlette app: its routes, its template filters, basic auth around all of it."""
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import kombu.exceptions
-from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -22,12 +18,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from pipeline.aggregation.retention import retention_cutoff
-from pipeline.aggregation.rollups import rollup
 from pipeline.config import Settings
 from pipeline.dashboard import pages
 from pipeline.dashboard.auth import BasicAuthMiddleware, Credentials
 from pipeline.dashboard.probes import ReceiverScraper
+from pipeline.dashboard.state import Dashboard
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -35,52 +30,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-REFRESH_S = 5.0
-WORKERS_CACHE_S = 5.0
-
-
-@dataclass
-class Dashboard:
-    """What the pages share: settings, the database, the login, probes and running replays."""
-
-    settings: Settings
-    engine: Engine
-    credentials: Credentials
-    receiver: ReceiverScraper
-    celery: Celery
-    replays: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
-    _rolled_at: float = 0.0
-    _workers: tuple[float, list[str] | None] = (0.0, None)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def window_s(self) -> int:
-        """The roll-up window the totals and charts use."""
-        return self.settings.pipeline_rollup_window_s
-
-    def refresh_rollups(self) -> None:
-        """Bring roll-ups up to date at most every REFRESH_S (incremental, like `pipeline
-        stats`), so totals are live without waiting for beat's next run."""
-        if not self._lock.acquire(blocking=False):
-            return  # another page is refreshing: this one shows the roll-ups as they are
-        try:
-            if time.monotonic() - self._rolled_at < REFRESH_S:
-                return
-            keep_after = retention_cutoff(self.settings.pipeline_retention_days)
-            rollup(self.engine, self.window_s, keep_after=keep_after)
-            self._rolled_at = time.monotonic()
-        finally:
-            self._lock.release()
-
-    def workers(self) -> list[str] | None:
-        """Workers answering a ping, asked at most every WORKERS_CACHE_S."""
-        from pipeline.dashboard.probes import workers_up
-
-        asked_at, names = self._workers
-        if time.monotonic() - asked_at > WORKERS_CACHE_S:
-            names = workers_up(self.settings)
-            self._workers = (time.monotonic(), names)
-        return names
 
 
 def _age(seconds: float | None) -> str:

@@ -17,7 +17,7 @@ from pipeline.dashboard.events import EventQuery, event_trace, search_events
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
-    from pipeline.dashboard.app import Dashboard
+    from pipeline.dashboard.state import Dashboard
 
 SERIES_HOURS = 6
 MAX_REPLAYS_KEPT = 50

@@ -8,6 +8,7 @@ it and only the database sees all of it.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterator
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -203,17 +204,20 @@ SELECT cache, topic,
 FROM subscription_leases
 """
 
-_registered: dict[int, DatabaseCollector] = {}
+_registered: weakref.WeakKeyDictionary[CollectorRegistry, DatabaseCollector] = (
+    weakref.WeakKeyDictionary()
+)
+"""By registry object, not ``id()``: a registry that was freed may hand its id to a new one."""
 
 
 def register_db_collector(
     settings: Settings, registry: CollectorRegistry = REGISTRY
 ) -> DatabaseCollector:
     """Register the database collector on ``registry`` (once per registry); return it."""
-    existing = _registered.get(id(registry))
+    existing = _registered.get(registry)
     if existing is not None:
         return existing
     collector = DatabaseCollector(settings)
     registry.register(collector)
-    _registered[id(registry)] = collector
+    _registered[registry] = collector
     return collector

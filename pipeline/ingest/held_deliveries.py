@@ -15,9 +15,11 @@ a worker (``pipeline.ingest.ledger.resend_lost``), one worker at a time, every `
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import redis
@@ -50,6 +52,38 @@ def look_for_lost(client: redis.Redis, queue: str) -> int:
     return ingest_ledger.resend_lost(client, queue)
 
 
+def refuse_when_detached(connparams: Callable[..., Any]) -> Callable[..., Any]:
+    """Kombu's Redis ``Channel._connparams``, raising a connection error (not AttributeError)
+    once the channel's broker connection is gone.
+
+    After a broker loss a task that finishes still acks its message on the old channel, whose
+    transport is already detached: kombu then builds a new pool from ``None`` and the
+    AttributeError ended the whole worker (exit 0; the chaos broker scenario). As a connection
+    error it is what kombu and Celery already handle: the ack is logged as failed, the message
+    stays in ``unacked`` and comes back after the visibility timeout, and storing it again
+    changes nothing (batches are idempotent).
+    """
+
+    @functools.wraps(connparams)
+    def guarded(channel: Any, *args: Any, **kwargs: Any) -> Any:
+        transport = getattr(channel, "connection", None)
+        if transport is None or getattr(transport, "client", None) is None:
+            raise redis.exceptions.ConnectionError("the channel's broker connection is closed")
+        return connparams(channel, *args, **kwargs)
+
+    return guarded
+
+
+def guard_detached_channels() -> None:
+    """Install ``refuse_when_detached`` on kombu's Redis channels (once)."""
+    from kombu.transport import redis as kombu_redis
+
+    if not getattr(kombu_redis.Channel._connparams, "pipeline_guarded", False):
+        guarded = refuse_when_detached(kombu_redis.Channel._connparams)
+        guarded.pipeline_guarded = True  # type: ignore[attr-defined]
+        kombu_redis.Channel._connparams = guarded
+
+
 class KeepHeld(bootsteps.StartStopStep):  # type: ignore[misc]
     """Worker consumer step: the re-stamping thread (and the lost-batch look on ingest workers)."""
 
@@ -57,6 +91,7 @@ class KeepHeld(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
+        guard_detached_channels()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -106,8 +106,10 @@ plain = st.recursive(
     | st.decimals(allow_nan=False, allow_infinity=False, places=None).filter(
         lambda d: d != d.to_integral_value() or "E" in str(d)
     ),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(min_size=1, max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(min_size=1, max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 

@@ -35,20 +35,26 @@ BROKER_COMMANDS = [
 ]
 
 
+def one_line_failure(args: list[str], variable: str, url: str, starts: str) -> None:
+    """``args`` with ``variable`` at an unreachable ``url``: one line naming the store (password
+    hidden) and the variable to fix, a non-zero exit, within ``BOUND_S``."""
+    run = run_cli(*args, env={variable: url})
+    assert run.code != 0
+    assert len(run.lines) == 1, run.lines
+    (line,) = run.lines
+    assert line.startswith(f"{starts}127.0.0.1:"), line
+    assert "unreachable" in line
+    assert f"fix {variable}" in line
+    assert "hunter2" not in line
+    assert run.elapsed_s < BOUND_S
+
+
 @pytest.mark.parametrize("args", DATABASE_COMMANDS, ids=" ".join)
 def test_unreachable_postgres_is_one_line_and_a_fast_failure(
     settings: Settings, args: list[str]
 ) -> None:
     url = f"postgresql://nobody:hunter2@127.0.0.1:{free_port()}/none"
-    run = run_cli(*args, env={"DATABASE_URL": url})
-    assert run.code != 0
-    assert len(run.lines) == 1, run.lines
-    (line,) = run.lines
-    assert line.startswith("error: Postgres at postgresql://nobody:***@127.0.0.1:"), line
-    assert "unreachable" in line
-    assert "fix DATABASE_URL" in line
-    assert "hunter2" not in line
-    assert run.elapsed_s < BOUND_S
+    one_line_failure(args, "DATABASE_URL", url, "error: Postgres at postgresql://nobody:***@")
 
 
 @pytest.mark.parametrize("args", BROKER_COMMANDS, ids=" ".join)
@@ -56,15 +62,7 @@ def test_unreachable_broker_is_one_line_and_a_fast_failure(
     settings: Settings, args: list[str]
 ) -> None:
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
-    run = run_cli(*args, env={"CELERY_BROKER_URL": url})
-    assert run.code != 0
-    assert len(run.lines) == 1, run.lines
-    (line,) = run.lines
-    assert line.startswith("error: broker at redis://:***@127.0.0.1:"), line
-    assert "unreachable" in line
-    assert "fix CELERY_BROKER_URL" in line
-    assert "hunter2" not in line
-    assert run.elapsed_s < BOUND_S
+    one_line_failure(args, "CELERY_BROKER_URL", url, "error: broker at redis://:***@")
 
 
 @pytest.fixture
